@@ -1,0 +1,1 @@
+"""Human-readable configuration shipped as package data (``saelens_gemmascope.configs``)."""

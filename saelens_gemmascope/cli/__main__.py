@@ -1,0 +1,5 @@
+import sys
+
+from saelens_gemmascope.cli import main
+
+sys.exit(main())
