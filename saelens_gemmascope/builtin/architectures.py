@@ -1,0 +1,1 @@
+"""Built-in plugin: Gemma Scope architectures (filled in by later issues)."""

@@ -1,0 +1,1 @@
+"""Built-in plugin: Gemma Scope models (filled in by later issues)."""

@@ -1,0 +1,1 @@
+"""Built-in plugin: Gemma Scope presets (filled in by later issues)."""

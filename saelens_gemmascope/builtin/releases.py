@@ -1,0 +1,1 @@
+"""Built-in plugin: Gemma Scope releases (filled in by later issues)."""
