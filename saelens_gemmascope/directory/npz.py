@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-import zipfile
 
 import numpy as np
 import torch
@@ -56,9 +56,7 @@ def read_params_npz(
         for key, shape in expected_shapes.items():
             got = tuple(arrays[key].shape)
             if got != tuple(shape):
-                raise ParamsFileError(
-                    f"{path}: key {key!r} has shape {got}, expected {tuple(shape)}"
-                )
+                raise ParamsFileError(f"{path}: key {key!r} has shape {got}, expected {tuple(shape)}")
     return {key: torch.from_numpy(np.ascontiguousarray(arr)).to(dtype) for key, arr in arrays.items()}
 
 
