@@ -1,1 +1,17 @@
-"""Built-in plugin: Gemma Scope models (filled in by later issues)."""
+"""Built-in plugin: Gemma 2 (2b, 9b, 27b and their -it variants) and the tiny test model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from saelens_gemmascope.hookspecs import hookimpl
+from saelens_gemmascope.models.gemma2 import gemma2_model_specs
+from saelens_gemmascope.models.spec import ModelSpec
+from saelens_gemmascope.models.tiny import tiny_gemma2_spec
+
+
+@hookimpl
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    for spec in gemma2_model_specs():
+        register(spec)
+    register(tiny_gemma2_spec())

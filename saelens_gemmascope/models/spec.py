@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 HFTensor = Literal["input", "output"]
+#: What to apply to the HF module's tensor to get the site's tensor. ``rms_normalize`` is the
+#: module's RMSNorm without its gain, ``x / sqrt(mean(x**2) + eps)`` in float32 (what
+#: TransformerLens's ``hook_normalized`` holds), using the module's own ``eps``.
+HFTransform = Literal["none", "rms_normalize"]
+
+
+class UnknownNameError(KeyError):
+    """An unknown model or site name; the message lists the close matches."""
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ quotes the message as if it were a key.
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_name_message(kind: str, name: str, known: Iterable[str], context: str = "") -> str:
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"Unknown {kind} {name!r}{context}.{hint} Known {kind}s: {', '.join(known)}"
 
 
 @dataclass(frozen=True)
@@ -13,7 +34,10 @@ class SiteSpec:
     """Where one SAE site reads, as templates over ``{layer}``.
 
     ``d_in`` is the SAE input width at this site (for attention: ``n_heads * d_head``, heads
-    flattened). ``hf_tensor`` says whether the tensor is the Hugging Face module's input or output.
+    flattened). ``hf_module`` is a dotted path relative to the ``...ForCausalLM`` model;
+    ``hf_tensor`` says whether the site is that module's input or output, and ``hf_transform``
+    what to apply to it first. ``bridge_hook`` is the TransformerBridge's own (canonical) hook
+    name; the bridge also answers to ``tl_hook`` as an alias.
     """
 
     name: str
@@ -23,6 +47,8 @@ class SiteSpec:
     hf_tensor: HFTensor
     d_in: int
     layered: bool = True
+    hf_transform: HFTransform = "none"
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -37,6 +63,7 @@ class HookPoint:
     hf_module: str
     hf_tensor: HFTensor
     d_in: int
+    hf_transform: HFTransform = "none"
 
 
 @dataclass(frozen=True)
@@ -57,17 +84,17 @@ class ModelSpec:
 
     def hook_point(self, site: str, layer: int | None = None) -> HookPoint:
         if site not in self.sites:
-            raise KeyError(
-                f"Model {self.name!r} has no site {site!r}; known sites: {', '.join(sorted(self.sites))}"
+            raise UnknownNameError(
+                unknown_name_message("site", site, self.sites, f" for model {self.name!r}")
             )
         spec = self.sites[site]
         if spec.layered:
-            if layer is None or not 0 <= layer < self.n_layers:
+            if layer is None or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
                 raise ValueError(
                     f"Site {site!r} of {self.name!r} needs a layer in 0..{self.n_layers - 1}, got {layer!r}"
                 )
-        else:
-            layer = None
+        elif layer is not None:
+            raise ValueError(f"Site {site!r} of {self.name!r} has no layers; pass layer=None, got {layer!r}")
         fmt = {"layer": layer}
         return HookPoint(
             model=self.name,
@@ -78,4 +105,5 @@ class ModelSpec:
             hf_module=spec.hf_module.format(**fmt),
             hf_tensor=spec.hf_tensor,
             d_in=spec.d_in,
+            hf_transform=spec.hf_transform,
         )

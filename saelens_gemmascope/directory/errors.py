@@ -1,0 +1,76 @@
+"""Errors a user can meet when choosing or loading a Gemma Scope SAE, each saying what to do next."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+from saelens_gemmascope.directory.npz import ParamsFileError
+
+__all__ = [
+    "MIRROR_ENV_VAR",
+    "ParamsFileError",
+    "SaeFileUnavailableError",
+    "UnknownReleaseError",
+    "UnknownRepoError",
+    "UnknownSaeIdError",
+]
+
+#: Environment variable naming a local mirror root (``<root>/<repo_id>/<folder>/params.npz``).
+MIRROR_ENV_VAR = "SAELENS_GEMMASCOPE_MIRROR"
+
+
+def _suggestion_text(word: str, candidates: Iterable[str], n: int = 5) -> str:
+    close = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+class UnknownReleaseError(ValueError):
+    """A release name that the Gemma Scope manifest does not know."""
+
+    def __init__(self, release: str, known: Iterable[str]) -> None:
+        known = sorted(known)
+        self.release = release
+        super().__init__(
+            f"Unknown Gemma Scope release {release!r}.{_suggestion_text(release, known)} "
+            f"Known releases: {', '.join(known)}."
+        )
+
+
+class UnknownSaeIdError(ValueError):
+    """An SAE id that is not in the (known) release."""
+
+    def __init__(self, release: str, sae_id: str, known: Iterable[str]) -> None:
+        self.release = release
+        self.sae_id = sae_id
+        hint = _suggestion_text(sae_id, known)
+        super().__init__(
+            f"SAE id {sae_id!r} is not in release {release!r}.{hint or ' No close match.'} "
+            f"List the release with: gemmascope ls (or saelens_gemmascope.directory.list_saes())."
+        )
+
+
+class UnknownRepoError(ValueError):
+    """The converter was asked for a repository that is not part of the suite."""
+
+    def __init__(self, repo_id: str, known: Iterable[str]) -> None:
+        super().__init__(
+            f"{repo_id!r} is not a Gemma Scope repository.{_suggestion_text(repo_id, known)} "
+            f"Known: {', '.join(sorted(known))}."
+        )
+
+
+class SaeFileUnavailableError(FileNotFoundError):
+    """No local copy of a params.npz and the hub cannot be reached (offline or failing)."""
+
+    def __init__(self, repo_id: str, folder: str, reason: str) -> None:
+        self.repo_id = repo_id
+        self.folder = folder
+        super().__init__(
+            f"Cannot get {repo_id}/{folder}/params.npz: {reason}. "
+            f"Provide a local copy in one of these ways: (1) a mirror folder laid out like the hub, "
+            f"<root>/{repo_id}/{folder}/params.npz, named by the {MIRROR_ENV_VAR} environment variable "
+            f"or the mirror= argument; (2) run `gemmascope fetch <release> <id>` on a machine with "
+            f"network access (it fills the Hugging Face cache and the conversion cache); or (3) unset "
+            f"HF_HUB_OFFLINE to download from the hub."
+        )

@@ -1,0 +1,91 @@
+"""Where a Gemma Scope ``params.npz`` comes from, in order: a local mirror, the Hugging Face cache, the hub.
+
+A mirror is a folder laid out like the hub repositories, ``<root>/<repo_id>/<folder>/params.npz``
+(for example ``<root>/google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz``),
+named by the ``mirror`` argument or the ``SAELENS_GEMMASCOPE_MIRROR`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from huggingface_hub import constants as hf_constants
+from huggingface_hub import hf_hub_download, try_to_load_from_cache
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+
+from saelens_gemmascope.directory.errors import MIRROR_ENV_VAR, SaeFileUnavailableError
+
+PARAMS_FILENAME = "params.npz"
+Origin = Literal["mirror", "hf-cache", "hub"]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A local params.npz and how it got there."""
+
+    path: Path
+    origin: Origin
+
+    def fingerprint(self) -> str:
+        """Changes whenever the file does: hub cache blobs are named by content hash, and a mirror
+        file's size and modification time change when it is replaced."""
+        resolved = self.path.resolve()
+        stat = resolved.stat()
+        return f"{resolved}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+def mirror_root(mirror: str | os.PathLike[str] | None = None) -> Path | None:
+    """The mirror root: the argument if given, else ``$SAELENS_GEMMASCOPE_MIRROR``, else none."""
+    value = mirror if mirror is not None else os.environ.get(MIRROR_ENV_VAR)
+    return Path(value).expanduser() if value else None
+
+
+def mirror_path(root: Path, repo_id: str, folder: str) -> Path:
+    return root / repo_id / folder / PARAMS_FILENAME
+
+
+def find_local_params(
+    repo_id: str, folder: str, mirror: str | os.PathLike[str] | None = None
+) -> SourceFile | None:
+    """The mirror's copy, else the Hugging Face cache's copy, else None. Never touches the network."""
+    root = mirror_root(mirror)
+    if root is not None:
+        candidate = mirror_path(root, repo_id, folder)
+        if candidate.is_file():
+            return SourceFile(candidate, "mirror")
+    cached = try_to_load_from_cache(repo_id, f"{folder}/{PARAMS_FILENAME}")
+    if isinstance(cached, str):
+        return SourceFile(Path(cached), "hf-cache")
+    return None
+
+
+def hub_is_offline() -> bool:
+    return bool(hf_constants.is_offline_mode())
+
+
+def download_params(
+    repo_id: str, folder: str, *, force_download: bool = False, mirror: str | os.PathLike[str] | None = None
+) -> SourceFile:
+    """Download (or re-use the cached) params.npz from the hub; clear advice when that is impossible."""
+    looked = _looked_in(repo_id, folder, mirror)
+    if hub_is_offline():
+        raise SaeFileUnavailableError(
+            repo_id, folder, f"HF_HUB_OFFLINE is set and there is no local copy ({looked})"
+        )
+    try:
+        path = hf_hub_download(
+            repo_id=repo_id, filename=PARAMS_FILENAME, subfolder=folder, force_download=force_download
+        )
+    except (OfflineModeIsEnabled, EntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise SaeFileUnavailableError(repo_id, folder, f"the hub download failed ({err}); {looked}") from err
+    return SourceFile(Path(path), "hub")
+
+
+def _looked_in(repo_id: str, folder: str, mirror: str | os.PathLike[str] | None) -> str:
+    root = mirror_root(mirror)
+    where = [f"mirror {mirror_path(root, repo_id, folder)}"] if root is not None else ["no mirror set"]
+    where.append(f"Hugging Face cache {hf_constants.HF_HUB_CACHE}")
+    return "looked in: " + "; ".join(where)

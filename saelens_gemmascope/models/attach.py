@@ -1,0 +1,304 @@
+"""Read a Gemma Scope site, or splice an SAE's reconstruction into it, on any of three model kinds.
+
+* ``sae_lens.HookedSAETransformer``: through SAELens's own ``add_sae`` / ``reset_saes``.
+* ``SAETransformerBridge`` (TransformerLens 3's ``TransformerBridge``): through SAELens's
+  ``add_sae`` too, except where it falls short (see ``_BRIDGE_OWN_HOOK_SITES``).
+* a plain Hugging Face ``Gemma2ForCausalLM``: through module forward hooks / pre-hooks.
+
+Sites come from :func:`saelens_gemmascope.models.gemma2.gemma2_sites`, sized by the model's own
+config, so any Gemma 2 (real, random or tiny) works without a registry lookup.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_spec
+from saelens_gemmascope.models.spec import HookPoint, ModelSpec
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import SAE
+
+ModelKind = Literal["hooked", "bridge", "hf"]
+
+
+def model_kind(model: Any) -> ModelKind:
+    from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if isinstance(model, TransformerBridge):
+        return "bridge"
+    if isinstance(model, HookedTransformer):
+        return "hooked"
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "model_type", None) == "gemma2":
+        return "hf"
+    raise TypeError(
+        f"Expected a HookedSAETransformer, an SAETransformerBridge or a Hugging Face Gemma2ForCausalLM, "
+        f"got {type(model).__name__}"
+    )
+
+
+def gemma2_spec_of(model: Any) -> ModelSpec:
+    """The Gemma 2 site layout of ``model``, sized from its own config."""
+    if model_kind(model) == "hf":
+        c = model.config
+        dims = Gemma2Dims(
+            d_model=c.hidden_size,
+            n_layers=c.num_hidden_layers,
+            n_heads=c.num_attention_heads,
+            n_kv_heads=c.num_key_value_heads,
+            d_head=c.head_dim,
+            d_mlp=c.intermediate_size,
+            d_vocab=c.vocab_size,
+        )
+        name = getattr(c, "name_or_path", "") or "gemma-2"
+    else:
+        c = model.cfg
+        dims = Gemma2Dims(
+            d_model=c.d_model,
+            n_layers=c.n_layers,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_key_value_heads or c.n_heads,
+            d_head=c.d_head,
+            d_mlp=c.d_mlp,
+            d_vocab=c.d_vocab,
+        )
+        name = c.model_name
+    return gemma2_spec(name, dims, hf_repo="")
+
+
+# -- the SAE applied to one site's tensor ---------------------------------------------------------
+
+
+def _reconstruct(sae: SAE[Any], x: torch.Tensor, use_error_term: bool) -> torch.Tensor:
+    # SAELens's own splice wrapper (what add_sae installs), so the error term means the same here
+    # as there: computed from a hook-free pass, so edits made through the SAE's hooks still show.
+    from sae_lens.analysis.hooked_sae_transformer import _SAEWrapper
+
+    return _SAEWrapper(sae, use_error_term=use_error_term)(x).to(x.dtype)
+
+
+def _reconstruct_heads(
+    sae: SAE[Any], z: torch.Tensor, n_heads: int, split: bool, use_error_term: bool
+) -> torch.Tensor:
+    """Run ``sae`` on attention outputs ``z``, given split ``(..., head, d_head)`` or flat.
+
+    An SAE in SAELens's hook_z mode wants split heads and returns them split; any other SAE wants
+    them flat. The result has ``z``'s layout.
+    """
+    wants_split = bool(getattr(sae, "hook_z_reshaping_mode", False))
+    if split and not wants_split:
+        return _reconstruct(sae, z.flatten(-2), use_error_term).unflatten(-1, z.shape[-2:])
+    if not split and wants_split:
+        return _reconstruct(sae, z.unflatten(-1, (n_heads, -1)), use_error_term).flatten(-2)
+    return _reconstruct(sae, z, use_error_term)
+
+
+# -- Hugging Face: reading and splicing -----------------------------------------------------------
+
+
+def _module(hf_model: Any, path: str) -> Any:
+    return hf_model.get_submodule(path)
+
+
+def _rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    import torch
+
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def _output_tensor(output: Any) -> torch.Tensor:
+    # transformers 5 decoder layers return the hidden state; 4.x returned a tuple.
+    return output if not isinstance(output, tuple) else output[0]
+
+
+def _site_tensor(hp: HookPoint, module: Any, args: tuple[Any, ...], output: Any) -> torch.Tensor:
+    x = args[0] if hp.hf_tensor == "input" else _output_tensor(output)
+    if hp.hf_transform == "rms_normalize":
+        return _rms_normalize(x, module.eps)
+    return x
+
+
+@contextmanager
+def capture_hf(hf_model: Any, hook_points: Iterable[HookPoint]) -> Iterator[dict[HookPoint, torch.Tensor]]:
+    """While open, every forward pass of ``hf_model`` stores each site's tensor (detached)."""
+    found: dict[HookPoint, torch.Tensor] = {}
+    handles = []
+    for hp in hook_points:
+
+        def store(module: Any, args: tuple[Any, ...], output: Any, hp: HookPoint = hp) -> None:
+            found[hp] = _site_tensor(hp, module, args, output).detach()
+
+        handles.append(_module(hf_model, hp.hf_module).register_forward_hook(store))
+    try:
+        yield found
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def hf_activations(
+    hf_model: Any, input_ids: torch.Tensor, hook_points: Iterable[HookPoint], **forward_kwargs: Any
+) -> dict[HookPoint, torch.Tensor]:
+    """One forward pass of ``hf_model``; each site's tensor, heads flattened at ``att``."""
+    import torch
+
+    with capture_hf(hf_model, hook_points) as found, torch.no_grad():
+        hf_model(input_ids, **forward_kwargs)
+    return dict(found)
+
+
+def _splice_hf(hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
+    module = _module(hf_model, hp.hf_module)
+    n_heads = hf_model.config.num_attention_heads
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if hp.site == "att":
+            return _reconstruct_heads(sae, x, n_heads, split=False, use_error_term=use_error_term)
+        return _reconstruct(sae, x, use_error_term)
+
+    if hp.hf_transform == "rms_normalize":
+        # Replace the gain-free normalised tensor, then apply the module's own (1 + w) gain, as
+        # TransformerLens does after its hook_normalized.
+        def splice_norm(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+            recons = apply(_rms_normalize(args[0], module.eps))
+            return (recons * (1.0 + module.weight.float())).type_as(args[0])
+
+        return module.register_forward_hook(splice_norm).remove
+    if hp.hf_tensor == "input":
+
+        def splice_input(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            return (apply(args[0]), *args[1:])
+
+        return module.register_forward_pre_hook(splice_input).remove
+
+    def splice_output(module: Any, args: tuple[Any, ...], output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (apply(output[0]), *output[1:])
+        return apply(output)
+
+    return module.register_forward_hook(splice_output).remove
+
+
+# -- TransformerLens ------------------------------------------------------------------------------
+
+
+def _claim_hook_name(sae: SAE[Any], hp: HookPoint, accepted: set[str]) -> None:
+    """SAELens attaches by ``sae.cfg.metadata.hook_name``: check it names this site, or set it."""
+    current = sae.cfg.metadata.hook_name
+    if current is None:
+        sae.cfg.metadata.hook_name = hp.tl_hook
+    elif current not in accepted:
+        raise ValueError(
+            f"The SAE reads {current!r} (cfg.metadata.hook_name) but site {hp.site!r} at layer "
+            f"{hp.layer} is {hp.tl_hook!r}"
+        )
+
+
+def _splice_hooked(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
+    from sae_lens import HookedSAETransformer
+
+    if not isinstance(model, HookedSAETransformer):
+        raise TypeError("Attach SAEs to a sae_lens.HookedSAETransformer, not a plain HookedTransformer")
+    if hp.site == "att" and not getattr(sae, "hook_z_reshaping_mode", False):
+        raise ValueError(
+            "An attention SAE on a HookedSAETransformer needs cfg.reshape_activations='hook_z' "
+            "(SAELens's loaders set it); hook_z has shape (batch, pos, head, d_head)"
+        )
+    model.add_sae(sae, use_error_term=use_error_term)
+    return lambda: model.reset_saes([hp.tl_hook])
+
+
+#: Sites where SAETransformerBridge.add_sae falls short in sae-lens 6.54 / TransformerLens 3.9,
+#: which get a plain permanent bridge hook instead:
+#: ``embedding``: ``hook_embed`` is a list-valued alias it cannot resolve, so it skips the SAE with
+#: only a log warning;
+#: ``transcoder_in``: its wrapper replaces ``ln2.hook_normalized``, which the bridge's RMSNorm then
+#: fails on (it reads the hook point's ``bwd_hooks``).
+_BRIDGE_OWN_HOOK_SITES = frozenset({"embedding", "transcoder_in"})
+
+
+def _splice_bridge(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
+    from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
+
+    if not isinstance(model, SAETransformerBridge):
+        raise TypeError(
+            "Attach SAEs to an SAETransformerBridge (see saelens_gemmascope.models.bridge."
+            "transformer_bridge_from_hf), not a plain TransformerBridge"
+        )
+    if hp.site not in _BRIDGE_OWN_HOOK_SITES:
+        name = sae.cfg.metadata.hook_name
+        model.add_sae(sae, use_error_term=use_error_term)
+        return lambda: model.reset_saes([name])
+    hook = model.hook_dict[hp.bridge_hook]
+
+    def splice(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return _reconstruct(sae, x, use_error_term)
+
+    # Permanent, or the bridge's run_with_cache / hooks() clean-up would drop it.
+    hook.add_hook(splice, dir="fwd", is_permanent=True)
+    ours = hook.fwd_hooks[-1]
+
+    def remove() -> None:
+        ours.hook.remove()
+        hook.fwd_hooks.remove(ours)
+
+    return remove
+
+
+# -- the public entry point -----------------------------------------------------------------------
+
+
+@dataclass
+class SAEHandle:
+    """An attached SAE. ``detach()`` (or leaving the ``with`` block) restores the model."""
+
+    model: Any
+    sae: Any
+    hook_point: HookPoint
+    _remove: Callable[[], None] = field(repr=False)
+    attached: bool = True
+
+    def detach(self) -> None:
+        if self.attached:
+            self._remove()
+            self.attached = False
+
+    def __enter__(self) -> SAEHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.detach()
+
+
+_SPLICERS = {"hooked": _splice_hooked, "bridge": _splice_bridge, "hf": _splice_hf}
+
+
+def attach_sae(
+    model: Any, sae: SAE[Any], site: str, layer: int | None = None, *, use_error_term: bool = False
+) -> SAEHandle:
+    """Make ``model`` use ``sae``'s reconstruction at ``site`` (and ``layer``) in every forward pass.
+
+    ``model`` is a ``HookedSAETransformer``, an ``SAETransformerBridge`` or a Hugging Face
+    ``Gemma2ForCausalLM``. ``use_error_term=True`` adds back the SAE's error, so the output is
+    unchanged while the SAE's hooks still fire. If ``sae.cfg.metadata.hook_name`` is unset it is set
+    to the site's TransformerLens hook name (SAELens attaches by that name); if set, it must match.
+    """
+    hp = gemma2_spec_of(model).hook_point(site, layer)
+    if sae.cfg.d_in != hp.d_in:
+        raise ValueError(
+            f"The SAE has d_in={sae.cfg.d_in} but site {site!r} of this model has d_in={hp.d_in}"
+        )
+    if sae.cfg.metadata.hook_name_out is not None:
+        raise ValueError("attach_sae splices SAEs; attach a transcoder with SAELens's add_sae")
+    kind = model_kind(model)
+    # A HookedSAETransformer only knows TL names; the bridge and the HF path accept either.
+    _claim_hook_name(sae, hp, {hp.tl_hook} if kind == "hooked" else {hp.tl_hook, hp.bridge_hook})
+    remove = _SPLICERS[kind](model, sae, hp, use_error_term)
+    return SAEHandle(model=model, sae=sae, hook_point=hp, _remove=remove)

@@ -1,0 +1,47 @@
+"""Look up a model's spec or one of its hook points by name or alias (e.g. ``google/gemma-2-2b``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from saelens_gemmascope.models.spec import HookPoint, ModelSpec, UnknownNameError, unknown_name_message
+
+
+def find_model_spec(specs: Mapping[str, ModelSpec], model: str) -> ModelSpec:
+    """The spec named ``model`` or having it as an alias; raises :class:`UnknownNameError`."""
+    if model in specs:
+        return specs[model]
+    for spec in specs.values():
+        if model in spec.aliases:
+            return spec
+    names = [*specs, *(alias for spec in specs.values() for alias in spec.aliases)]
+    raise UnknownNameError(unknown_name_message("model", model, names))
+
+
+def find_hook_point(
+    specs: Mapping[str, ModelSpec], model: str, site: str, layer: int | None = None
+) -> HookPoint:
+    return find_model_spec(specs, model).hook_point(site, layer)
+
+
+def registered_models() -> dict[str, ModelSpec]:
+    """Every model registered by the loaded plugins (built-in and installed)."""
+    # Imported here: the host loads every plugin, which this module must not do at import.
+    from saelens_gemmascope.host import load_plugins
+
+    return load_plugins().models
+
+
+def model_spec(model: str) -> ModelSpec:
+    """The registered spec of ``model`` (a name such as ``gemma-2-2b`` or an alias)."""
+    return find_model_spec(registered_models(), model)
+
+
+def hook_point(model: str, site: str, layer: int | None = None) -> HookPoint:
+    """Where ``site`` of ``model`` at ``layer`` reads, in TransformerLens, bridge and HF naming.
+
+    ``site`` is one of ``res``, ``mlp``, ``att``, ``transcoder_in``, ``transcoder_out``,
+    ``embedding`` (the last takes no layer). Unknown names raise :class:`UnknownNameError`
+    (a ``KeyError``) suggesting close matches; a missing or out-of-range layer raises ``ValueError``.
+    """
+    return model_spec(model).hook_point(site, layer)
