@@ -1,0 +1,181 @@
+"""Export a trained JumpReLU SAE in the Gemma Scope release layout.
+
+    <root>/layer_{L}/width_{W}/average_l0_{K}/params.npz     W_enc, W_dec, b_enc, b_dec, threshold
+    <root>/release.json                                      one entry per exported SAE
+
+Width names follow the release where the release has a name for the width (powers of two from
+2^12: 4k, 16k, 32k, 65k, 131k, 262k, 524k; 2^20 is 1m); any other width is written as its exact
+latent count (``width_512``), so two different widths never share a folder. ``K`` is the average
+L0 rounded to an integer, as in the release. Embedding SAEs (``hook_embed``) go under
+``embedding/width_{W}/...`` as in the release.
+
+The exported weights are the raw-space form the release uses: ``pre = x @ W_enc + b_enc``, no
+pre-encoder bias and no input normalisation (an SAE saved with ``apply_b_dec_to_input`` has it
+folded into ``b_enc``, which is exact).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens.saes.sae import SAE
+
+from saelens_gemmascope.directory.npz import PARAM_KEYS, expected_param_shapes, write_params_npz
+
+RELEASE_FILE = "release.json"
+RELEASE_FORMAT = "saelens-gemmascope/local-release"
+RELEASE_FORMAT_VERSION = 1
+
+_RELEASE_WIDTHS = {2**20: "1m", **{2**p: f"{2**p // 1000}k" for p in range(12, 20)}}
+_LAYER_IN_HOOK = re.compile(r"^blocks\.(\d+)\.")
+_SITE_BY_HOOK_SUFFIX = {
+    "hook_resid_post": "res",
+    "hook_mlp_out": "mlp",
+    "attn.hook_z": "att",
+}
+
+
+def width_name(d_sae: int) -> str:
+    """The release's width name for ``d_sae`` (``16k``), or the exact count (``512``)."""
+    return _RELEASE_WIDTHS.get(d_sae, str(d_sae))
+
+
+def site_of_hook(hook_name: str) -> str | None:
+    """Gemma Scope's site name for a TransformerLens hook, or None when it is not a release site."""
+    if hook_name == "hook_embed":
+        return "embedding"
+    for suffix, site in _SITE_BY_HOOK_SUFFIX.items():
+        if _LAYER_IN_HOOK.match(hook_name) and hook_name.endswith("." + suffix):
+            return site
+    return None
+
+
+def layer_of_hook(hook_name: str) -> int | None:
+    match = _LAYER_IN_HOOK.match(hook_name)
+    return int(match.group(1)) if match else None
+
+
+def sae_folder(layer: int | None, d_sae: int, average_l0: float) -> str:
+    """``layer_{L}/width_{W}/average_l0_{K}`` (``embedding/...`` when ``layer`` is None)."""
+    top = "embedding" if layer is None else f"layer_{layer}"
+    return f"{top}/width_{width_name(d_sae)}/average_l0_{round(average_l0)}"
+
+
+def gemmascope_params(sae: SAE[Any]) -> dict[str, torch.Tensor]:
+    """The five release arrays of a JumpReLU SAE, in the raw-space form the release uses."""
+    if sae.cfg.normalize_activations != "none":
+        raise ValueError(
+            f"cannot export an SAE with normalize_activations={sae.cfg.normalize_activations!r}: fold the "
+            "normalisation into the weights first (SAELens's trainers do this at the end of training)"
+        )
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in sae.state_dict().items()}
+    process = getattr(sae, "process_state_dict_for_saving_inference", None)
+    if callable(process):
+        process(state)  # e.g. a log-parametrised threshold becomes the threshold itself
+    extra = sorted(set(state) - set(PARAM_KEYS))
+    missing = sorted(set(PARAM_KEYS) - set(state))
+    if extra or missing:
+        raise ValueError(
+            f"not a plain JumpReLU SAE (architecture {sae.cfg.architecture()!r}): "
+            f"missing {missing or 'nothing'}, unexpected {extra or 'nothing'}"
+        )
+    if sae.cfg.apply_b_dec_to_input:
+        # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
+        state["b_enc"] = state["b_enc"] - state["b_dec"] @ state["W_enc"]
+    return {key: state[key] for key in PARAM_KEYS}
+
+
+@dataclass(frozen=True)
+class ExportedSAE:
+    """Where one export went and the ``release.json`` entry describing it."""
+
+    sae_id: str
+    params_path: Path
+    entry: dict[str, Any]
+
+
+def read_release_manifest(root: str | Path) -> dict[str, Any]:
+    """The ``release.json`` of an export folder (an empty manifest when there is none yet)."""
+    path = Path(root) / RELEASE_FILE
+    if not path.is_file():
+        return {"format": RELEASE_FORMAT, "version": RELEASE_FORMAT_VERSION, "saes": []}
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != RELEASE_FORMAT:
+        raise ValueError(f"{path}: not a {RELEASE_FORMAT} manifest (format={manifest.get('format')!r})")
+    return manifest  # type: ignore[no-any-return]
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    path = root / RELEASE_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def export_gemmascope_sae(
+    sae: SAE[Any],
+    root: str | Path,
+    *,
+    average_l0: float | None = None,
+    layer: int | None = None,
+    site: str | None = None,
+    model_name: str | None = None,
+    hook_name: str | None = None,
+) -> ExportedSAE:
+    """Write ``sae`` as ``<root>/layer_{L}/width_{W}/average_l0_{K}/params.npz`` and record it in
+    ``<root>/release.json`` (an entry with the same id is replaced).
+
+    Unset arguments come from the SAE's metadata: ``average_l0`` from ``metadata.l0`` (SAELens's
+    mean L0 over the last sparsity window, set at the end of training), ``hook_name`` and
+    ``model_name`` from the runner, ``layer`` and ``site`` from the hook name.
+    """
+    metadata = sae.cfg.metadata
+    hook_name = hook_name or metadata.hook_name
+    model_name = model_name or metadata.model_name
+    if average_l0 is None:
+        average_l0 = metadata.l0
+    if average_l0 is None:
+        raise ValueError("average_l0 is unknown: pass it (the SAE's metadata has no l0)")
+    if layer is None and hook_name is not None:
+        layer = layer_of_hook(hook_name)
+    if site is None and hook_name is not None:
+        site = site_of_hook(hook_name)
+    if layer is None and site != "embedding":
+        raise ValueError(f"cannot tell the layer from hook {hook_name!r}: pass layer=")
+
+    params = gemmascope_params(sae)
+    d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
+    for key, shape in expected_param_shapes(d_in, d_sae).items():
+        if tuple(params[key].shape) != shape:
+            raise ValueError(f"{key} has shape {tuple(params[key].shape)}, expected {shape}")
+
+    root = Path(root)
+    sae_id = sae_folder(layer, d_sae, average_l0)
+    params_path = write_params_npz(root / sae_id / "params.npz", params)
+    entry: dict[str, Any] = {
+        "id": sae_id,
+        "path": sae_id,
+        "model_name": model_name,
+        "hook_name": hook_name,
+        "hook_head_index": metadata.hook_head_index,
+        "site": site,
+        "layer": layer,
+        "d_in": d_in,
+        "d_sae": d_sae,
+        "width": width_name(d_sae),
+        "average_l0": float(average_l0),
+        "reshape_activations": sae.cfg.reshape_activations,
+        "context_size": metadata.context_size,
+        "prepend_bos": metadata.prepend_bos,
+        "input_scale": metadata.gemmascope_input_scale,
+    }
+    manifest = read_release_manifest(root)
+    manifest["saes"] = [e for e in manifest["saes"] if e["id"] != sae_id] + [entry]
+    manifest["saes"].sort(key=lambda e: e["id"])
+    _write_manifest(root, manifest)
+    return ExportedSAE(sae_id=sae_id, params_path=params_path, entry=entry)

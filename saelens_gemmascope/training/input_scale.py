@@ -1,0 +1,55 @@
+"""Estimating the recipe's input scale C, with E‖x/C‖² = 1 (one scalar per site and layer).
+
+SAELens's ``expected_average_only_in`` targets a mean *norm* of √d_in instead, and its multi-SAE
+estimate keeps every batch in memory; this streams and keeps one running sum per hook.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import torch
+
+
+class MeanSquaredNormMeter:
+    """Running E‖x‖² over rows of activation batches, summed in float64."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, batch: torch.Tensor) -> None:
+        rows = batch.reshape(-1, batch.shape[-1]).to(torch.float64)
+        self.total += rows.pow(2).sum().item()
+        self.count += rows.shape[0]
+
+    def input_scale(self) -> float:
+        """C = sqrt(E‖x‖²)."""
+        if self.count == 0:
+            raise ValueError("cannot estimate the input scale from zero activations")
+        scale = math.sqrt(self.total / self.count)
+        if not math.isfinite(scale) or scale <= 0.0:
+            raise ValueError(f"estimated input scale is {scale}; the activations are all zero or not finite")
+        return scale
+
+
+def estimate_input_scale(batches: Iterator[torch.Tensor], n_batches: int) -> float:
+    """C from the next ``n_batches`` batches of ``batches``."""
+    meter = MeanSquaredNormMeter()
+    for _ in range(n_batches):
+        meter.update(next(batches))
+    return meter.input_scale()
+
+
+def estimate_input_scales(
+    batches: Iterator[Mapping[str, torch.Tensor]], hook_names: set[str], n_batches: int
+) -> dict[str, float]:
+    """C for each of ``hook_names`` from the next ``n_batches`` multi-hook batches (one pass)."""
+    meters = {hook: MeanSquaredNormMeter() for hook in hook_names}
+    for _ in range(n_batches):
+        batch = next(batches)
+        for hook, meter in meters.items():
+            meter.update(batch[hook])
+    return {hook: meter.input_scale() for hook, meter in meters.items()}

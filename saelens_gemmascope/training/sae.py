@@ -1,0 +1,237 @@
+"""The ``jumprelu_gemmascope`` training SAE: a JumpReLU SAE that follows the Gemma Scope recipe.
+
+Every recipe point is a field of :class:`GemmaScopeTrainingSAEConfig` with the paper's value as its
+default. The SAE owns what concerns its own weights (estimators, initialisation, the unit-norm
+decoder constraint, the fold-in); :mod:`saelens_gemmascope.training.trainer` owns the optimiser, the
+learning-rate warm-up, clipping and the input scale ``C``, and calls the SAE's two step hooks
+(:meth:`GemmaScopeTrainingSAE.before_optimizer_step`, :meth:`~GemmaScopeTrainingSAE.after_optimizer_step`).
+
+What it saves for inference is a plain SAELens ``jumprelu`` SAE: the inference registry entry for
+``jumprelu_gemmascope`` is SAELens's own ``JumpReLUSAE``/``JumpReLUSAEConfig``, whose config writes
+``architecture: jumprelu``, so the saved folder loads without this package.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from sae_lens.saes.sae import (
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import nn
+
+from saelens_gemmascope.training.estimators import jumprelu, step
+
+ARCHITECTURE_NAME = "jumprelu_gemmascope"
+
+ThresholdParametrisation = Literal["direct", "log"]
+InputScaling = Literal["unit_mean_squared_norm", "none"]
+LrWarmUpShape = Literal["cosine", "linear"]
+
+
+@dataclass
+class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of a ``jumprelu_gemmascope`` SAE; defaults are the paper's values.
+
+    Args:
+        decoder_init_norm: norm of every decoder row at init (recipe: He-uniform, then unit norm).
+        jumprelu_init_threshold: θ at init, for every latent (recipe: 0.001).
+        jumprelu_bandwidth: ε of the rectangle-kernel estimators (recipe: 0.001).
+        l0_coefficient: λ, the L0 penalty's final coefficient. Not published per SAE (the paper
+            mentions 6e-4 and 1e-3); sparsity variants come from sweeping it.
+        l0_warm_up_steps: λ rises linearly from 0 over this many steps (recipe: 10,000).
+        threshold_parametrisation: ``"direct"`` trains θ itself (kept ≥ 0 by projection after each
+            step); ``"log"`` trains log θ. Which one Gemma Scope used is unconfirmed. Adam moves a
+            parameter by about η per step, so log θ changes θ by a factor of about e^η per step: from
+            0.001 to 0.1 takes ln(100)/η ≈ 66k steps at η = 7e-5. That is fine over the paper's 1M
+            steps but leaves θ stuck at init in shorter runs, hence ``"direct"`` by default.
+        unit_norm_decoder: renormalise every decoder row to unit norm after every step and remove
+            the gradient component parallel to each row before the optimiser step (recipe: on).
+        input_scaling: ``"unit_mean_squared_norm"`` divides inputs by one scalar C, estimated from
+            data before training, with E‖x/C‖² = 1 (recipe); ``"none"`` uses C = 1.
+        lr_warm_up_shape: ``"cosine"`` warms the learning rate up from
+            ``lr_warm_up_start_fraction·η`` to η over the runner's ``lr_warm_up_steps`` along a
+            half cosine, then holds it (recipe); ``"linear"`` keeps SAELens's own schedulers.
+        lr_warm_up_start_fraction: where the cosine warm-up starts, as a fraction of η (recipe: 0.1).
+        adam_eps: Adam's epsilon (recipe: 1e-8). Betas come from the runner config.
+        max_grad_norm: clip the gradient to this global norm; ``None`` (recipe) never clips.
+    """
+
+    decoder_init_norm: float | None = 1.0
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3
+    l0_coefficient: float = 1e-3
+    l0_warm_up_steps: int = 10_000
+    threshold_parametrisation: ThresholdParametrisation = "direct"
+    unit_norm_decoder: bool = True
+    input_scaling: InputScaling = "unit_mean_squared_norm"
+    lr_warm_up_shape: LrWarmUpShape = "cosine"
+    lr_warm_up_start_fraction: float = 0.1
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = None
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE_NAME
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.normalize_activations != "none":
+            # The recipe scales inputs by C in the trainer; a second SAELens normalisation would
+            # make the fold-in inexact.
+            raise ValueError(
+                f"{ARCHITECTURE_NAME} scales inputs with input_scaling={self.input_scaling!r}; "
+                f"normalize_activations must be 'none', got {self.normalize_activations!r}"
+            )
+        if self.jumprelu_init_threshold <= 0 and self.threshold_parametrisation == "log":
+            raise ValueError("a log-parametrised threshold needs jumprelu_init_threshold > 0")
+        if self.jumprelu_bandwidth <= 0:
+            raise ValueError("jumprelu_bandwidth must be > 0")
+        if not 0.0 < self.lr_warm_up_start_fraction <= 1.0:
+            raise ValueError("lr_warm_up_start_fraction must be in (0, 1]")
+
+
+class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
+    """JumpReLU SAE trained with the Gemma Scope recipe (see :class:`GemmaScopeTrainingSAEConfig`)."""
+
+    b_enc: nn.Parameter
+
+    def __init__(self, cfg: GemmaScopeTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        # Set by the recipe's trainer; without it nobody calls the step hooks (see training_forward_pass).
+        self.recipe_trainer_attached = False
+
+    # -- parameters ------------------------------------------------------------------------------
+
+    def initialize_weights(self) -> None:
+        # SAELens's base init is the recipe's: He-uniform (kaiming_uniform_) decoder, rows rescaled to
+        # decoder_init_norm (1.0 here), W_enc = W_decᵀ, zero b_dec.
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        init = torch.full(
+            (self.cfg.d_sae,), self.cfg.jumprelu_init_threshold, dtype=self.dtype, device=self.device
+        )
+        if self.cfg.threshold_parametrisation == "log":
+            self.log_threshold = nn.Parameter(init.log())
+        else:
+            self.threshold = nn.Parameter(init)
+
+    @property
+    def threshold_values(self) -> torch.Tensor:
+        """θ, whatever the parametrisation (differentiable)."""
+        if self.cfg.threshold_parametrisation == "log":
+            return self.log_threshold.exp()
+        return self.threshold
+
+    # -- forward and loss ------------------------------------------------------------------------
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # process_sae_in subtracts b_dec while apply_b_dec_to_input is on: the pre-encoder bias.
+        sae_in = self.process_sae_in(x)
+        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        feature_acts = self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, self.cfg.jumprelu_bandwidth))
+        return feature_acts, hidden_pre
+
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        l0 = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
+        return {"l0_loss": (step_input.coefficients["l0"] * l0).mean()}
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        # SAELens's CoefficientScheduler gives λ·n/W at step n: linear from 0, as the recipe says.
+        return {
+            "l0": TrainCoefficientConfig(
+                value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
+            )
+        }
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if not self.recipe_trainer_attached and step_input.n_training_steps == 0:
+            warnings.warn(
+                f"{ARCHITECTURE_NAME} is being trained by a trainer that does not apply the recipe "
+                "(unit-norm decoder, cosine warm-up, no clipping, input scale C). Use "
+                "saelens_gemmascope.training.GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner.",
+                stacklevel=2,
+            )
+        return super().training_forward_pass(step_input)
+
+    # -- the step hooks the recipe's trainer calls -----------------------------------------------
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove from each decoder row's gradient its component parallel to that row."""
+        if not self.cfg.unit_norm_decoder or self.W_dec.grad is None:
+            return
+        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        grad = self.W_dec.grad
+        grad -= (grad * rows).sum(dim=-1, keepdim=True) * rows
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Renormalise decoder rows to unit norm; keep a directly trained θ non-negative."""
+        if self.cfg.unit_norm_decoder:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12))
+        if self.cfg.threshold_parametrisation == "direct":
+            # Projection on the data, not a clamp in the graph, which would zero θ's gradient.
+            self.threshold.clamp_(min=0.0)
+
+    # -- folding into the released (raw-space) form ----------------------------------------------
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Fold the input scale C = 1/scaling_factor and the pre-encoder bias into the weights.
+
+        SAELens's trainers call this once after training with the factor that multiplied the
+        inputs. Gemma Scope's fold (paper App. A) keeps both matrices and scales the rest:
+        b_enc' = C·b_enc - C·(b_dec @ W_enc), b_dec' = C·b_dec, θ' = C·θ. Afterwards the SAE reads
+        raw activations, its latents are C times the training-time ones and decoder rows keep
+        unit norm. (SAELens's own fold rescales W_enc and W_dec instead.)
+        """
+        scale = 1.0 / scaling_factor
+        if self.cfg.apply_b_dec_to_input:
+            self.b_enc.sub_(self.b_dec @ self.W_enc)
+            self.cfg.apply_b_dec_to_input = False
+        self.b_enc.mul_(scale)
+        self.b_dec.mul_(scale)
+        self._scale_threshold(torch.full_like(self.b_enc, scale))
+        self.cfg.normalize_activations = "none"
+        # Provenance only: the folded weights no longer need C.
+        self.cfg.metadata.gemmascope_input_scale = scale
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        norms = self.fold_and_get_W_dec_norm()
+        self._scale_threshold(norms)
+
+    @torch.no_grad()
+    def _scale_threshold(self, factor: torch.Tensor) -> None:
+        if self.cfg.threshold_parametrisation == "log":
+            self.log_threshold.add_(factor.log().to(self.log_threshold.dtype))
+        else:
+            self.threshold.mul_(factor.to(self.threshold.dtype))
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        # The inference architecture is plain jumprelu, which stores θ itself.
+        if "log_threshold" in state_dict:
+            state_dict["threshold"] = state_dict.pop("log_threshold").exp().contiguous()
+        super().process_state_dict_for_saving_inference(state_dict)
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """W_enc, W_dec, b_enc, b_dec, threshold as the saved inference model holds them."""
+        state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self.process_state_dict_for_saving_inference(state_dict)
+        return state_dict

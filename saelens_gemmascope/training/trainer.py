@@ -1,0 +1,204 @@
+"""SAELens's trainers with the recipe's optimiser, schedule, clipping, step hooks and input scale.
+
+SAELens's ``SAETrainer`` hard-codes three things the recipe does differently: it clips every
+gradient to norm 1, its warm-up is linear from η/W, and it gives the SAE no hook around the
+optimiser step. It has no seam for any of them, so :class:`GemmaScopeSAETrainer` subclasses it and
+overrides ``_train_step`` (the one place they happen) plus the optimiser and scheduler it builds.
+Everything else (coefficient schedulers, sparsity tracking, logging, checkpoints, resume) is
+SAELens's. SAEs of other architectures get SAELens's behaviour unchanged.
+
+The input scale C rides on SAELens's own ``ActivationScaler`` (scaling factor 1/C): SAELens
+saves and restores it with every checkpoint and, after training, hands it to the SAE's
+``fold_activation_norm_scaling_factor``, which does the Gemma Scope fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import torch
+from sae_lens.config import SAETrainerConfig
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
+from sae_lens.training.multi_sae_trainer import MultiSAEEvaluatorProtocol, MultiSAETrainer
+from sae_lens.training.optim import get_lr_scheduler
+from sae_lens.training.sae_trainer import Evaluator, SAETrainer, SaveCheckpointFn
+from sae_lens.training.types import DataProvider, MultiHookDataProvider
+from torch.optim import Adam
+from torch.optim.lr_scheduler import LRScheduler
+
+from saelens_gemmascope.training.input_scale import estimate_input_scale, estimate_input_scales
+from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.training.schedules import cosine_warm_up_scheduler
+
+
+def recipe_of(sae: TrainingSAE[Any]) -> GemmaScopeTrainingSAEConfig | None:
+    """The SAE's recipe config, or None for an SAE of another architecture."""
+    return sae.cfg if isinstance(sae, GemmaScopeTrainingSAE) else None
+
+
+def build_recipe_optimizer(
+    sae: TrainingSAE[Any], cfg: SAETrainerConfig, recipe: GemmaScopeTrainingSAEConfig
+) -> Adam:
+    """Adam with the runner's η and betas and the recipe's epsilon."""
+    return Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=recipe.adam_eps)
+
+
+def build_recipe_lr_scheduler(
+    optimizer: Adam, cfg: SAETrainerConfig, recipe: GemmaScopeTrainingSAEConfig
+) -> LRScheduler:
+    """The cosine warm-up then constant η; ``lr_warm_up_shape="linear"`` keeps SAELens's schedulers."""
+    if recipe.lr_warm_up_shape == "linear":
+        assert cfg.lr_end is not None  # set by the runner configs' __post_init__
+        return get_lr_scheduler(
+            cfg.lr_scheduler_name,
+            optimizer=optimizer,
+            training_steps=cfg.total_training_steps,
+            lr=cfg.lr,
+            warm_up_steps=cfg.lr_warm_up_steps,
+            decay_steps=cfg.lr_decay_steps,
+            lr_end=cfg.lr_end,
+            num_cycles=cfg.n_restart_cycles,
+        )
+    if cfg.lr_scheduler_name.lower() != "constant" or cfg.lr_decay_steps > 0:
+        raise ValueError(
+            "the recipe's cosine warm-up is followed by a constant learning rate; got "
+            f"lr_scheduler_name={cfg.lr_scheduler_name!r}, lr_decay_steps={cfg.lr_decay_steps}. "
+            "Set the SAE's lr_warm_up_shape='linear' to use SAELens's schedulers instead."
+        )
+    return cosine_warm_up_scheduler(optimizer, cfg.lr_warm_up_steps, recipe.lr_warm_up_start_fraction)
+
+
+class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
+    """``SAETrainer`` that trains ``jumprelu_gemmascope`` SAEs with the exact recipe."""
+
+    def __init__(
+        self,
+        cfg: SAETrainerConfig,
+        sae: TrainingSAE[Any],
+        data_provider: DataProvider,
+        evaluator: Evaluator[Any] | None = None,
+        save_checkpoint_fn: SaveCheckpointFn | None = None,
+    ) -> None:
+        super().__init__(
+            cfg=cfg,
+            sae=sae,
+            data_provider=data_provider,
+            evaluator=evaluator,
+            save_checkpoint_fn=save_checkpoint_fn,
+        )
+        self.recipe = recipe_of(sae)
+        if self.recipe is not None:
+            # Replaces the optimiser/scheduler SAELens just built (no state yet, so nothing is lost).
+            self.optimizer = build_recipe_optimizer(sae, cfg, self.recipe)
+            self.lr_scheduler = build_recipe_lr_scheduler(self.optimizer, cfg, self.recipe)
+            sae.recipe_trainer_attached = True
+
+    def ensure_input_scale(self) -> None:
+        """Estimate C once, before the first step; a resumed run keeps its checkpoint's C."""
+        if self.recipe is None or self.activation_scaler.scaling_factor is not None:
+            return
+        scale = 1.0
+        if self.recipe.input_scaling == "unit_mean_squared_norm":
+            scale = estimate_input_scale(self.data_provider, self.cfg.n_batches_for_norm_estimate)
+        # Set even when C = 1, so that SAELens's fit() always calls the fold (pre-encoder bias).
+        self.activation_scaler.scaling_factor = 1.0 / scale
+
+    def fit(self) -> TrainingSAE[Any]:
+        self.ensure_input_scale()
+        return super().fit()
+
+    def _train_step(self, sae: TrainingSAE[Any], sae_in: torch.Tensor) -> TrainStepOutput:
+        if self.recipe is None:
+            return super()._train_step(sae, sae_in)
+        assert isinstance(sae, GemmaScopeTrainingSAE)
+        sae.train()
+        with self.autocast_if_enabled:
+            output = sae.training_forward_pass(
+                step_input=TrainStepInput(
+                    sae_in=sae_in,
+                    dead_neuron_mask=self.dead_neurons,
+                    coefficients=self.get_coefficients(),
+                    n_training_steps=self.n_training_steps,
+                    is_logging_step=self._is_logging_step(),
+                )
+            )
+            self._record_firing(output.feature_acts)
+        output.loss.backward()
+        sae.before_optimizer_step()
+        if self.recipe.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.recipe.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        sae.after_optimizer_step()
+        self.lr_scheduler.step()
+        for scheduler in self.coefficient_schedulers.values():
+            scheduler.step()
+        return output
+
+    @torch.no_grad()
+    def _record_firing(self, feature_acts: torch.Tensor) -> None:
+        # The same dead-latent and firing-frequency bookkeeping as SAELens's step.
+        fired = feature_acts.bool().float()
+        did_fire = fired.sum(-2).bool()
+        self.n_forward_passes_since_fired += 1
+        self.n_forward_passes_since_fired[did_fire] = 0
+        self.act_freq_scores += fired.sum(0)
+        self.n_frac_active_samples += self.cfg.train_batch_size_samples
+
+
+class GemmaScopeMultiSAETrainer(MultiSAETrainer):
+    """``MultiSAETrainer`` whose per-SAE trainers are :class:`GemmaScopeSAETrainer`."""
+
+    def __init__(
+        self,
+        cfg: SAETrainerConfig,
+        saes: dict[str, TrainingSAE[Any]],
+        hook_names: dict[str, str],
+        data_provider: MultiHookDataProvider,
+        evaluator: MultiSAEEvaluatorProtocol | None = None,
+        save_checkpoint_fn: SaveCheckpointFn | None = None,
+    ) -> None:
+        super().__init__(
+            cfg=cfg,
+            saes=saes,
+            hook_names=hook_names,
+            data_provider=data_provider,
+            evaluator=evaluator,
+            save_checkpoint_fn=save_checkpoint_fn,
+        )
+        # MultiSAETrainer builds plain SAETrainers inline (no factory); rebuild them as ours with the
+        # same per-SAE config it used (checkpointing is the coordinator's job).
+        per_sae_cfg = replace(cfg, n_checkpoints=0, checkpoint_path=None, save_final_checkpoint=False)
+        self.trainers = {
+            name: GemmaScopeSAETrainer(cfg=per_sae_cfg, sae=sae, data_provider=iter(()))
+            for name, sae in self.saes.items()
+        }
+
+    def ensure_input_scales(self) -> None:
+        """Estimate every recipe SAE's C from one shared pass over the multi-hook stream."""
+        pending = {
+            name: trainer
+            for name, trainer in self.trainers.items()
+            if isinstance(trainer, GemmaScopeSAETrainer)
+            and trainer.recipe is not None
+            and trainer.activation_scaler.scaling_factor is None
+        }
+        scaled_hooks = {
+            self.hook_names[name]
+            for name, trainer in pending.items()
+            if trainer.recipe is not None and trainer.recipe.input_scaling == "unit_mean_squared_norm"
+        }
+        scales: dict[str, float] = {}
+        if scaled_hooks:
+            scales = estimate_input_scales(
+                self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate
+            )
+        for name, trainer in pending.items():
+            assert trainer.recipe is not None
+            scaled = trainer.recipe.input_scaling == "unit_mean_squared_norm"
+            trainer.activation_scaler.scaling_factor = 1.0 / scales[self.hook_names[name]] if scaled else 1.0
+
+    def fit(self) -> dict[str, TrainingSAE[Any]]:
+        self.ensure_input_scales()
+        return super().fit()
