@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules under saelens_gemmascope.cli that each define ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory")
+COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,8 +26,10 @@ if TYPE_CHECKING:
 
 TINY_GEMMA2_NAME = "tiny-gemma-2"
 
+#: d_head 8 makes the attention SAE width (4 x 8 = 32) differ from d_model, so a test that confuses
+#: the two widths fails.
 TINY_GEMMA2_DIMS = Gemma2Dims(
-    d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_head=16, d_mlp=256, d_vocab=BYTE_VOCAB_SIZE
+    d_model=64, n_layers=4, n_heads=4, n_kv_heads=2, d_head=8, d_mlp=256, d_vocab=BYTE_VOCAB_SIZE
 )
 TINY_SLIDING_WINDOW = 8
 TINY_MAX_POSITIONS = 256

@@ -56,8 +56,9 @@ def test_att_heads_are_flattened_head_major(caches) -> None:
     hp = SPEC.hook_point("att", 1)
     z = tl_cache[hp.tl_hook]
     assert z.shape[-2:] == (TINY_GEMMA2_DIMS.n_heads, TINY_GEMMA2_DIMS.d_head)
-    # Head 2 is columns 32..47 of the flattened HF tensor.
-    torch.testing.assert_close(z[..., 2, :], hf[hp][..., 32:48], atol=ATOL, rtol=RTOL)
+    # Head 2 is columns 2*d_head .. 3*d_head - 1 of the flattened HF tensor.
+    d_head = TINY_GEMMA2_DIMS.d_head
+    torch.testing.assert_close(z[..., 2, :], hf[hp][..., 2 * d_head : 3 * d_head], atol=ATOL, rtol=RTOL)
 
 
 def test_bridge_accepts_the_tl_names_as_aliases(tiny_bridge) -> None:

@@ -18,7 +18,7 @@ LOGIT_ATOL = 1e-4
 def test_config_has_every_gemma2_feature(tokens) -> None:
     config = tiny_gemma2_hf_config()
     assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (64, 4, 4)
-    assert (config.num_key_value_heads, config.head_dim, config.intermediate_size) == (2, 16, 256)
+    assert (config.num_key_value_heads, config.head_dim, config.intermediate_size) == (2, 8, 256)
     assert config.vocab_size == TINY_GEMMA2_DIMS.d_vocab == 260
     assert config.attn_logit_softcapping == ATTN_SOFT_CAP == 50.0
     assert config.final_logit_softcapping == FINAL_LOGIT_SOFT_CAP == 30.0
@@ -80,7 +80,7 @@ def test_every_gemma2_feature_changes_the_output(tokens) -> None:
 
 def test_spec_matches_dims(tiny) -> None:
     assert tiny.spec.name == "tiny-gemma-2"
-    assert tiny.spec.hook_point("att", 0).d_in == 64
+    assert tiny.spec.hook_point("att", 0).d_in == 32  # n_heads * d_head, not d_model
     assert tiny.spec.n_layers == 4
 
 

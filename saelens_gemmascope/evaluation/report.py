@@ -1,0 +1,119 @@
+"""Write an evaluation's outputs: ``metrics.json``, ``report.md`` and the PNG plots it embeds."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from saelens_gemmascope.evaluation.plots import plot_by_domain, plot_by_position, plot_frontier, site_label
+from saelens_gemmascope.evaluation.result import EvalResult, SAEMetrics
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.md"
+FRONTIER_PLOT = "frontier.png"
+POSITION_PLOT = "by_position.png"
+DOMAIN_PLOT = "delta_loss_by_domain.png"
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def format_number(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _site_tables(saes: list[SAEMetrics]) -> list[str]:
+    by_site: dict[str, list[SAEMetrics]] = defaultdict(list)
+    for sae in saes:
+        by_site[sae.site if sae.layer is None else f"{sae.site}, layer {sae.layer}"].append(sae)
+    lines: list[str] = []
+    for site, members in sorted(by_site.items()):
+        lines += [
+            f"### {site}",
+            "",
+            "| SAE | source | width | L0 | delta loss | FVU | KL | dead | dense (>10%) |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for sae in sorted(members, key=lambda s: (s.d_sae, s["l0"] or 0)):
+            m = sae.metrics
+            lines.append(
+                f"| {sae.label} | {sae.source} | {site_label(sae).split()[-1]} | {format_number(m['l0'])} | "
+                f"{format_number(m['delta_loss'])} | {format_number(m['fvu'])} | {format_number(m['kl'])} | "
+                f"{_percent(m['dead_fraction'])} | {_percent(m['dense_fraction'])} |"
+            )
+        lines.append("")
+    return lines
+
+
+def _domain_table(saes: list[SAEMetrics]) -> list[str]:
+    domains = sorted({d for sae in saes for d in sae.by_domain})
+    if not domains:
+        return []
+    lines = [
+        "## Delta loss per domain",
+        "",
+        "| domain | " + " | ".join(s.label for s in saes) + " |",
+        "|---|" + "---:|" * len(saes),
+    ]
+    for domain in domains:
+        cells = [format_number((s.by_domain.get(domain) or {}).get("delta_loss")) for s in saes]
+        lines.append(f"| {domain} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def render_report(result: EvalResult, plots: dict[str, Path]) -> str:
+    s = result.settings
+    lines = [
+        "# SAE evaluation",
+        "",
+        f"Model `{s['model']}`; dataset {s['dataset']}; {s['n_sequences']} sequences x "
+        f"{s['context_size']} tokens (seed {s['seed']}).",
+        "",
+        f"Masking: activations {s['masking']['activations']}; loss {s['masking']['loss']}.",
+        "Delta loss is the spliced minus the clean next-token cross-entropy (nats); FVU is "
+        "E‖x - x̂‖² / E‖x - E x‖²; KL is KL(clean ‖ spliced); dead latents never fired on the "
+        "counted tokens, dense ones fired on more than 10% of them.",
+        "",
+        *_site_tables(result.saes),
+        *_domain_table(result.saes),
+        "## Plots",
+        "",
+    ]
+    lines += [f"![{kind}]({path.name})\n" for kind, path in plots.items()]
+    return "\n".join(lines)
+
+
+def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write every output under ``out_dir`` (created); returns the paths by kind (also in ``result.files``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "frontier": plot_frontier(result.saes, out / FRONTIER_PLOT),
+        "by_position": plot_by_position(result.saes, out / POSITION_PLOT),
+    }
+    domain_plot = plot_by_domain(result.saes, out / DOMAIN_PLOT)
+    if domain_plot is not None:
+        plots["by_domain"] = domain_plot
+    metrics_path = out / METRICS_FILE
+    metrics_path.write_text(json.dumps(_json_safe(result.to_dict()), indent=1, allow_nan=False) + "\n")
+    report_path = out / REPORT_FILE
+    report_path.write_text(render_report(result, plots))
+    result.files = {"metrics": metrics_path, "report": report_path, **plots}
+    return result.files

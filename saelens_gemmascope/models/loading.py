@@ -1,0 +1,61 @@
+"""Load the language model an evaluation runs SAEs on, as a ``sae_lens.HookedSAETransformer``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from saelens_gemmascope.models.tiny import TINY_GEMMA2_NAME
+
+if TYPE_CHECKING:
+    import torch
+    from sae_lens import HookedSAETransformer
+
+
+class ModelUnavailableError(RuntimeError):
+    """The model's weights cannot be loaded here (offline and not cached, gated, unknown...)."""
+
+
+def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}")
+    return resolved
+
+
+def load_language_model(
+    name: str, device: str | None = None, dtype: str | torch.dtype | None = None
+) -> HookedSAETransformer:
+    """``tiny-gemma-2`` (built in memory) or a Gemma 2 model from the hub, e.g. ``gemma-2-2b``.
+
+    Hub models load with ``from_pretrained_no_processing``: Gemma Scope SAEs read the model's own,
+    unprocessed activations (no LayerNorm folding, no centring), which the default
+    ``from_pretrained`` would change.
+    """
+    import os
+
+    dtype_ = _torch_dtype(dtype)
+    device = device or "cpu"
+    if name == TINY_GEMMA2_NAME:
+        from saelens_gemmascope.models.tiny import build_tiny_gemma2
+
+        model = build_tiny_gemma2().tl_model.to(device, print_details=False)
+        return model.to(dtype_, print_details=False)  # type: ignore[no-any-return]
+
+    from sae_lens import HookedSAETransformer
+
+    try:
+        return HookedSAETransformer.from_pretrained_no_processing(name, device=device, dtype=dtype_)  # type: ignore[no-any-return]
+    except OSError as err:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+        hint = (
+            " HF_HUB_OFFLINE is set and the weights are not in the local Hugging Face cache"
+            if offline
+            else " (is it gated? log in with `huggingface-cli login` after accepting its licence)"
+        )
+        raise ModelUnavailableError(f"cannot load model {name!r}:{hint}. Cause: {err}") from err
