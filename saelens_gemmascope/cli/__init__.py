@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 #: Modules under saelens_gemmascope.cli that each define ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "evaluate")
+COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "evaluate", "train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

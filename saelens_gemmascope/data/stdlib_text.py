@@ -20,6 +20,13 @@ def stdlib_text() -> str:
     return "\n\n".join(topics[key] for key in sorted(topics))
 
 
+def stdlib_split(holdout_fraction: float = 0.1) -> tuple[str, str]:
+    """(training text, held-out text): the last ``holdout_fraction`` of the text is held out."""
+    text = stdlib_text()
+    cut = int(len(text) * (1 - holdout_fraction))
+    return text[:cut], text[cut:]
+
+
 def stdlib_token_dataset(
     tokenizer: Any,
     context_size: int,
@@ -35,9 +42,8 @@ def stdlib_token_dataset(
     """
     import datasets
 
-    text = stdlib_text()
-    cut = int(len(text) * (1 - holdout_fraction))
-    part = text[cut:] if holdout else text[:cut]
+    train_text, heldout_text = stdlib_split(holdout_fraction)
+    part = heldout_text if holdout else train_text
     ids = tokenizer(part, add_special_tokens=False)["input_ids"]
     body = context_size - 1  # one position for BOS
     rows = [[tokenizer.bos_token_id, *ids[i : i + body]] for i in range(0, len(ids) - body + 1, body)]

@@ -1,8 +1,8 @@
 """The conversion cache: each converted SAE as a memory-mappable safetensors file, so a second load
 skips the npz entirely.
 
-Location: ``$SAELENS_GEMMASCOPE_CACHE`` if set, else ``$XDG_CACHE_HOME/saelens_gemmascope`` (default
-``~/.cache/saelens_gemmascope``), then ``converted/<repo_id>/<folder>/params.safetensors``. Each file
+Location: ``converted/<repo_id>/<folder>/params.safetensors`` under the package's cache directory
+(:func:`saelens_gemmascope.cache_dir.user_cache_dir`). Each file
 records the fingerprint of the npz it came from; a different source fingerprint is a miss.
 """
 
@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-CACHE_ENV_VAR = "SAELENS_GEMMASCOPE_CACHE"
+from saelens_gemmascope.cache_dir import user_cache_dir
+
 CONVERTED_FILENAME = "params.safetensors"
 #: Bump when the cached content changes meaning, so old files are re-converted.
 CACHE_FORMAT = "1"
@@ -26,11 +27,7 @@ logger = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
-    explicit = os.environ.get(CACHE_ENV_VAR)
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "saelens_gemmascope"
+    return user_cache_dir()
 
 
 def converted_path(repo_id: str, folder: str, root: Path | None = None) -> Path:

@@ -12,6 +12,7 @@ from saelens_gemmascope.models.spec import HookPoint, ModelSpec, SiteSpec, Unkno
 if TYPE_CHECKING:
     from saelens_gemmascope.models.attach import SAEHandle, attach_sae
     from saelens_gemmascope.models.lookup import hook_point, model_spec
+    from saelens_gemmascope.models.pretrained_tiny import PretrainedTinyGemma2, load_pretrained_tiny_gemma2
     from saelens_gemmascope.models.tiny import TinyGemma2, build_tiny_gemma2
 
 #: public name -> module that defines it, loaded on first access
@@ -22,11 +23,14 @@ _LAZY = {
     "SAEHandle": "attach",
     "build_tiny_gemma2": "tiny",
     "TinyGemma2": "tiny",
+    "load_pretrained_tiny_gemma2": "pretrained_tiny",
+    "PretrainedTinyGemma2": "pretrained_tiny",
 }
 
 __all__ = [
     "HookPoint",
     "ModelSpec",
+    "PretrainedTinyGemma2",
     "SAEHandle",
     "SiteSpec",
     "TinyGemma2",
@@ -34,6 +38,7 @@ __all__ = [
     "attach_sae",
     "build_tiny_gemma2",
     "hook_point",
+    "load_pretrained_tiny_gemma2",
     "model_spec",
 ]
 

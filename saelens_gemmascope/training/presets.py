@@ -1,0 +1,173 @@
+"""Training presets derived from the suite manifest, and the tiny model's presets for CPU runs.
+
+One preset per (model, site, layer, width) of Gemma Scope: its hook and input width come from the
+model specs, its token budget from the manifest (4B at 16k, 16B at 1m, 8B otherwise) and its
+sparsity ladder from the released average L0s. Nothing here is written out by hand except the
+tiny model's small ladders.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from saelens_gemmascope.directory.manifest import EMBEDDING, SuiteManifest, load_manifest
+from saelens_gemmascope.models.spec import ModelSpec
+from saelens_gemmascope.training.preset import TrainingPreset
+
+TRANSCODER = "transcoder"
+
+#: Manifest site -> the model spec's site the SAE reads (transcoders also write to transcoder_out).
+_INPUT_SITE = {"res": "res", "mlp": "mlp", "att": "att", TRANSCODER: "transcoder_in", EMBEDDING: "embedding"}
+
+TRANSCODER_NOT_BUILT = (
+    "transcoder training is not built: SAELens's runners feed each SAE one hook, while a transcoder "
+    f"reads {_INPUT_SITE[TRANSCODER]} and reconstructs transcoder_out (and the recipe drops the "
+    "W_enc = W_decᵀ init and the pre-encoder bias for them)"
+)
+
+#: Per-width share of the training budget spent on each calibration probe run (real presets).
+CALIBRATION_FRACTION = 20
+
+# -- the tiny model: every site and layer, two widths, a short ladder, CPU-sized runs -----------
+
+TINY_WIDTHS: dict[str, int] = {"256": 256, "512": 512}
+TINY_TRAINING_STEPS: dict[str, int] = {"256": 200, "512": 400}
+#: The embedded default (d_model 128) gets SAEs 4x and 8x as wide, trained for the same steps.
+EMBEDDED_WIDTHS: dict[str, int] = {"512": 512, "1024": 1024}
+EMBEDDED_TRAINING_STEPS: dict[str, int] = {"512": 300, "1024": 300}
+TINY_L0_TARGETS: tuple[float, ...] = (12.0, 24.0, 48.0)
+#: The recipe scaled to a 64-wide model and a few hundred steps: batch 256, context 128, short
+#: warm-ups, a higher η so that thresholds move within the run, and a sparsity window short
+#: enough that the recorded L0 is the end-of-run one.
+TINY_OVERRIDES: dict[str, Any] = {
+    "context_size": 128,
+    "train_batch_size_tokens": 256,
+    "n_batches_in_buffer": 8,
+    "store_batch_size_prompts": 8,
+    "lr": 2e-3,
+    "lr_warm_up_steps": 20,
+    "n_batches_for_norm_estimate": 8,
+    "feature_sampling_window": 40,
+    "dead_feature_window": 40,
+    "l0_warm_up_steps": 100,
+}
+
+
+def preset_name(model: str, site: str, layer: int | None, width: str) -> str:
+    """``gemma-2-2b/res/layer_12/width_16k``; ``gemma-2-2b/embedding/width_4k`` for embeddings."""
+    where = "" if layer is None else f"/layer_{layer}"
+    return f"{model}/{site}{where}/width_{width}"
+
+
+def _hooks(spec: ModelSpec, site: str, layer: int | None) -> tuple[str, int, str | None]:
+    point = spec.hook_point(_INPUT_SITE[site], layer)
+    output = spec.hook_point("transcoder_out", layer).tl_hook if site == TRANSCODER else None
+    return point.tl_hook, point.d_in, output
+
+
+def build_preset(
+    spec: ModelSpec,
+    site: str,
+    layer: int | None,
+    width: str,
+    d_sae: int,
+    training_tokens: int,
+    l0_targets: Iterable[float],
+    **fields: Any,
+) -> TrainingPreset:
+    """One preset; ``site`` is a manifest site (``res``, ``mlp``, ``att``, ``transcoder``, ``embedding``)."""
+    hook_name, d_in, output_hook = _hooks(spec, site, layer)
+    return TrainingPreset(
+        name=preset_name(spec.name, site, layer, width),
+        model_name=spec.name,
+        site=site,
+        layer=layer,
+        hook_name=hook_name,
+        d_in=d_in,
+        d_sae=d_sae,
+        training_tokens=training_tokens,
+        l0_targets=tuple(sorted(float(t) for t in l0_targets)),
+        width=width,
+        output_hook_name=output_hook,
+        not_trainable_reason=TRANSCODER_NOT_BUILT if site == TRANSCODER else None,
+        **fields,
+    )
+
+
+def gemmascope_presets(
+    specs: Mapping[str, ModelSpec], manifest: SuiteManifest | None = None
+) -> list[TrainingPreset]:
+    """One preset per (model, site, layer, width) of the suite, ladders = the released L0s."""
+    manifest = manifest or load_manifest()
+    ladders: dict[tuple[str, str, str, int | None, str], list[float]] = defaultdict(list)
+    info: dict[tuple[str, str, str, int | None, str], tuple[int, int]] = {}
+    for variant in manifest.variants():
+        key = (variant.release, variant.model, variant.site, variant.layer, variant.width)
+        ladders[key].append(float(variant.l0))
+        info[key] = (variant.d_sae, variant.training_tokens)
+    presets = []
+    for key, l0s in ladders.items():
+        release, model, site, layer, width = key
+        d_sae, tokens = info[key]
+        presets.append(
+            build_preset(
+                specs[model],
+                site,
+                layer,
+                width,
+                d_sae,
+                tokens,
+                l0s,
+                release=release,
+                calibration_tokens=tokens // CALIBRATION_FRACTION,
+                description=f"{release} {width} ({len(l0s)} sparsity variants)",
+            )
+        )
+    return sorted(presets, key=_sort_key)
+
+
+def tiny_presets(
+    spec: ModelSpec,
+    widths: Mapping[str, int] = TINY_WIDTHS,
+    steps: Mapping[str, int] = TINY_TRAINING_STEPS,
+) -> list[TrainingPreset]:
+    """CPU-sized presets for a tiny Gemma 2: every site and layer at two widths, a short ladder."""
+    presets = []
+    batch = int(TINY_OVERRIDES["train_batch_size_tokens"])
+    layered = [(site, layer) for site in ("res", "mlp", "att", TRANSCODER) for layer in range(spec.n_layers)]
+    for site, layer in [*layered, (EMBEDDING, None)]:
+        for width, d_sae in widths.items():
+            tokens = steps[width] * batch
+            presets.append(
+                build_preset(
+                    spec,
+                    site,
+                    layer,
+                    width,
+                    d_sae,
+                    tokens,
+                    TINY_L0_TARGETS,
+                    overrides=dict(TINY_OVERRIDES),
+                    calibration_tokens=tokens,
+                    description=f"tiny model, {steps[width]} steps",
+                )
+            )
+    return sorted(presets, key=_sort_key)
+
+
+_SITE_ORDER = {site: i for i, site in enumerate(("res", "mlp", "att", TRANSCODER, EMBEDDING))}
+
+
+def _sort_key(preset: TrainingPreset) -> tuple[Any, ...]:
+    layer = -1 if preset.layer is None else preset.layer
+    return (preset.model_name, _SITE_ORDER.get(preset.site, 99), layer, preset.d_sae)
+
+
+def count_by(presets: Sequence[TrainingPreset], attribute: str) -> dict[Any, int]:
+    """How many presets share each value of ``attribute`` (``release``, ``model_name``, ``site``)."""
+    counts: dict[Any, int] = defaultdict(int)
+    for preset in presets:
+        counts[getattr(preset, attribute)] += 1
+    return dict(counts)
