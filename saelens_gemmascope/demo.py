@@ -32,15 +32,17 @@ class DemoSettings:
     layers: tuple[int, ...] = (1, 2)
     widths: tuple[str, ...] = ("512", "1024")
     #: training steps per SAE (None: the presets' own budget); calibration probes run as long
-    steps: int | None = None
-    refine_rounds: int = 1
+    steps: int | None = 200
+    #: one probe round on a grid bracketing this model's λs, no refinement: a CPU-sized calibration
+    calibration_grid: tuple[float, ...] = (1e-3, 4e-3, 1.6e-2)
+    refine_rounds: int = 0
     eval_sequences: int = 64
     eval_context: int = 128
 
 
 #: A shortened run (one layer, one width, few steps), for tests and a first look.
 #: (steps stay above the presets' λ warm-up of 100 steps, or the ladder cannot separate).
-QUICK_SETTINGS = DemoSettings(layers=(1,), widths=("512",), steps=160, refine_rounds=0, eval_sequences=16)
+QUICK_SETTINGS = DemoSettings(layers=(1,), widths=("512",), steps=160, eval_sequences=16)
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,7 @@ def run_demo(
             plan,
             suite_root,
             group_trainers(suite_root, model=model, data="stdlib"),
+            calibration_grid=settings.calibration_grid,
             refine_rounds=settings.refine_rounds,
             progress=say,
         )
@@ -231,9 +234,9 @@ def _write_summary(
         "",
         f"Model: `{settings.model}`"
         + (
-            f" (held-out cross-entropy {model_metrics['heldout_cross_entropy']:.2f} nats/token; "
-            f"unigram baseline {model_metrics['unigram_cross_entropy']:.2f})"
-            if "heldout_cross_entropy" in model_metrics
+            f" (held-out cross-entropy {model_metrics['heldout_ce_nats']:.2f} nats/token; "
+            f"unigram baseline {model_metrics['unigram_ce_nats']:.2f})"
+            if "heldout_ce_nats" in model_metrics
             else ""
         ),
         "",

@@ -3,7 +3,7 @@
 * :func:`plot_frontier`: delta loss and FVU against L0 (log-x), one line per (site, layer, width,
   source), as in the paper's Figure 2; colour tells the site apart, the marker the source, so a
   trained SAE and the released one at the same site share the plot.
-* :func:`plot_by_position`: delta loss and FVU at each sequence position, one line per SAE.
+* :func:`plot_by_position`: delta loss and FVU at each sequence position, one row per site.
 * :func:`plot_by_domain`: delta loss per dataset domain, one bar per SAE.
 """
 
@@ -56,8 +56,10 @@ def plot_frontier(saes: Sequence[SAEMetrics], path: Path) -> Path:
     for sae in saes:
         groups[(site_label(sae), sae.source)].append(sae)
     sites = sorted({site for site, _ in groups})
-    colours = {site: plt.get_cmap("tab10")(i % 10) for i, site in enumerate(sites)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    # tab10 is the clearest palette; past 10 lines it would repeat colours, so switch to tab20.
+    palette, size = ("tab10", 10) if len(sites) <= 10 else ("tab20", 20)
+    colours = {site: plt.get_cmap(palette)(i % size) for i, site in enumerate(sites)}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     for (site, source), members in sorted(groups.items()):
         points = sorted(
             (s for s in members if (s["l0"] or 0) > 0 and s["delta_loss"] is not None),
@@ -87,35 +89,58 @@ def plot_frontier(saes: Sequence[SAEMetrics], path: Path) -> Path:
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_title("Sparsity-fidelity: delta loss")
     axes[1].set_title("Sparsity-fidelity: FVU")
-    axes[1].legend(fontsize=8, loc="best")
+    # Outside the axes: with many SAEs an inside legend hides the points.
+    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, path)
 
 
+#: Up to this many SAEs on one site get a legend entry each; beyond, lines are coloured by L0.
+_LEGEND_LIMIT = 8
+
+
 def plot_by_position(saes: Sequence[SAEMetrics], path: Path) -> Path:
+    """One row per site: delta loss and FVU at each position, one line per SAE.
+
+    With few SAEs on a site, each has a legend entry; with many, the lines are coloured by L0 on a
+    colour bar (a legend of dozens of labels would hide the plot). Zero-L0 baselines are grey dashes.
+    """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    from matplotlib.colors import LogNorm
+
+    by_site: dict[str, list[SAEMetrics]] = defaultdict(list)
     for sae in saes:
-        marker = SOURCE_MARKERS.get(sae.source, _OTHER_MARKER)
-        for ax, name in zip(axes, ("delta_loss", "fvu"), strict=True):
-            values = sae.by_position[name]
-            xs = [i for i, v in enumerate(values) if v is not None]
-            ax.plot(
-                xs,
-                [values[i] for i in xs],
-                label=sae.label,
-                marker=marker,
-                markersize=2,
-                linewidth=1,
-                markevery=max(1, len(xs) // 20),
-            )
-    axes[0].set_title("Delta LM loss by position (of the predicting token)")
-    axes[0].set_ylabel("Delta LM loss (nats)")
-    axes[1].set_title("FVU by position")
-    axes[1].set_ylabel("Fraction of variance unexplained")
-    for ax in axes:
-        ax.set_xlabel("Sequence position")
+        by_site[sae.site if sae.layer is None else f"{sae.site} L{sae.layer}"].append(sae)
+    rows = sorted(by_site)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 2.8 * len(rows)), squeeze=False)
+    l0s = [float(s["l0"] or 0) for s in saes if (s["l0"] or 0) > 0]
+    norm = LogNorm(vmin=min(l0s), vmax=max(l0s) * 1.0001) if l0s else None
+    cmap = plt.get_cmap("viridis")
+    for row, site in zip(axes, rows, strict=True):
+        members = by_site[site]
+        with_legend = len(members) <= _LEGEND_LIMIT
+        for sae in members:
+            l0 = float(sae["l0"] or 0)
+            style: dict[str, Any] = {"linewidth": 1, "label": sae.label}
+            if l0 <= 0 or norm is None:
+                style.update(color="grey", linestyle="--")
+            elif not with_legend:
+                style.update(color=cmap(norm(l0)))
+            for ax, name in zip(row, ("delta_loss", "fvu"), strict=True):
+                values = sae.by_position[name]
+                xs = [i for i, v in enumerate(values) if v is not None]
+                ax.plot(xs, [values[i] for i in xs], **style)
+        row[0].set_ylabel(f"{site}\ndelta LM loss (nats)")
+        row[1].set_ylabel("FVU")
+        if with_legend:
+            row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        elif norm is not None:
+            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=row[1], label="L0")
+    axes[0][0].set_title("Delta LM loss by position (of the predicting token)")
+    axes[0][1].set_title("FVU by position")
+    for ax in axes.flat:
         ax.grid(True, alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
+    for ax in axes[-1]:
+        ax.set_xlabel("Sequence position")
     return _save(fig, path)
 
 
