@@ -12,7 +12,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
+from saelens_gemmascope.models.tokenizer import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    SPECIAL_TOKENS,
+    UNK_ID,
+    gemma_style_tokenizer,
+    mark_local,
+)
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -46,30 +54,6 @@ def _train_backend(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return backend
 
 
-def _wrap(backend: Tokenizer) -> PreTrainedTokenizerFast:
-    """A ``PreTrainedTokenizerFast`` that prepends ``<bos>``, as TransformerLens expects of Gemma."""
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        eos_token="<eos>",
-        bos_token="<bos>",
-        unk_token="<unk>",
-        add_bos_token=True,
-        add_eos_token=False,
-        padding_side="right",
-    )
-    _mark_offline(tokenizer)
-    return tokenizer
-
-
-def _mark_offline(tokenizer: PreTrainedTokenizerFast) -> None:
-    tokenizer.init_kwargs["name_or_path"] = BPE_TOKENIZER_NAME
-    tokenizer.init_kwargs["add_bos_token"] = True
-    tokenizer.name_or_path = BPE_TOKENIZER_NAME
-
-
 def _check_special_ids(tokenizer: PreTrainedTokenizerFast) -> None:
     ids = (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id)
     if ids != (PAD_ID, EOS_ID, BOS_ID, UNK_ID):
@@ -83,7 +67,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedToke
     """
     if vocab_size < MIN_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be at least {MIN_VOCAB_SIZE} (specials + 256 bytes + 1 merge)")
-    tokenizer = _wrap(_train_backend(texts, vocab_size))
+    tokenizer = gemma_style_tokenizer(_train_backend(texts, vocab_size), BPE_TOKENIZER_NAME)
     _check_special_ids(tokenizer)
     return tokenizer
 
@@ -94,6 +78,6 @@ def load_bpe_tokenizer(directory: str | Path) -> PreTrainedTokenizerFast:
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
     # The saved name is the cache directory; restore the fixed one so nothing depends on the path.
-    _mark_offline(tokenizer)
+    mark_local(tokenizer, BPE_TOKENIZER_NAME)
     _check_special_ids(tokenizer)
     return tokenizer

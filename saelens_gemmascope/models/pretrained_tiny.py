@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 
 from saelens_gemmascope.cache_dir import CACHE_HOME_ENV
 from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_spec
-from saelens_gemmascope.models.tiny import ATTN_SOFT_CAP, FINAL_LOGIT_SOFT_CAP, TinyGemma2
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from saelens_gemmascope.models.tiny import TinyGemma2, small_gemma2_config
+from saelens_gemmascope.models.tokenizer import BOS_ID
 
 if TYPE_CHECKING:
     import torch
@@ -122,41 +122,13 @@ def pretrained_tiny_gemma2_spec(settings: TinyLMSettings = DEFAULT_SETTINGS) -> 
 
 
 def pretrained_tiny_hf_config(settings: TinyLMSettings) -> Gemma2Config:
-    from transformers import Gemma2Config
-
-    config = Gemma2Config(
-        vocab_size=settings.vocab_size,
-        hidden_size=settings.d_model,
-        intermediate_size=settings.d_mlp,
-        num_hidden_layers=settings.n_layers,
-        num_attention_heads=settings.n_heads,
-        num_key_value_heads=settings.n_kv_heads,
-        head_dim=settings.d_head,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=settings.context_size,
-        initializer_range=0.02,  # Gemma's own
-        rms_norm_eps=1e-6,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        bos_token_id=BOS_ID,
-        tie_word_embeddings=True,
-        rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
-        attention_bias=False,
-        attention_dropout=0.0,
-        query_pre_attn_scalar=settings.d_head,
+    return small_gemma2_config(
+        settings.dims(),
+        name=PRETRAINED_TINY_NAME,
+        max_positions=settings.context_size,
         sliding_window=settings.sliding_window,
-        # As in the real models: even layers local, odd layers global.
-        layer_types=[
-            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(settings.n_layers)
-        ],
-        attn_logit_softcapping=ATTN_SOFT_CAP,
-        final_logit_softcapping=FINAL_LOGIT_SOFT_CAP,
-        use_cache=False,
+        initializer_range=0.02,  # Gemma's own
     )
-    # Eager is the only HF attention that applies Gemma 2's attention soft-cap.
-    config._attn_implementation = "eager"
-    config.name_or_path = PRETRAINED_TINY_NAME
-    return config
 
 
 # --- the text and the cache key -------------------------------------------------------------------

@@ -43,10 +43,17 @@ _WEIGHT_STD = 0.3
 _NORM_WEIGHT_STD = 0.5
 
 
-def tiny_gemma2_hf_config() -> Gemma2Config:
+def small_gemma2_config(
+    dims: Gemma2Dims,
+    *,
+    name: str,
+    max_positions: int,
+    sliding_window: int,
+    initializer_range: float,
+) -> Gemma2Config:
+    """A Gemma 2 config of any size with every Gemma 2 feature on, for models built locally."""
     from transformers import Gemma2Config
 
-    dims = TINY_GEMMA2_DIMS
     config = Gemma2Config(
         vocab_size=dims.d_vocab,
         hidden_size=dims.d_model,
@@ -56,8 +63,8 @@ def tiny_gemma2_hf_config() -> Gemma2Config:
         num_key_value_heads=dims.n_kv_heads,
         head_dim=dims.d_head,
         hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=TINY_MAX_POSITIONS,
-        initializer_range=_WEIGHT_STD,
+        max_position_embeddings=max_positions,
+        initializer_range=initializer_range,
         rms_norm_eps=1e-6,
         pad_token_id=PAD_ID,
         eos_token_id=EOS_ID,
@@ -66,16 +73,27 @@ def tiny_gemma2_hf_config() -> Gemma2Config:
         rope_parameters={"rope_type": "default", "rope_theta": 10_000.0},
         attention_bias=False,
         query_pre_attn_scalar=dims.d_head,
-        sliding_window=TINY_SLIDING_WINDOW,
+        sliding_window=sliding_window,
         # Same pattern as the real models: even layers local, odd layers global.
         layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(dims.n_layers)],
         attn_logit_softcapping=ATTN_SOFT_CAP,
         final_logit_softcapping=FINAL_LOGIT_SOFT_CAP,
         use_cache=False,
     )
+    # Eager is the only HF attention that applies Gemma 2's attention soft-cap.
     config._attn_implementation = "eager"
-    config.name_or_path = TINY_GEMMA2_NAME
+    config.name_or_path = name
     return config
+
+
+def tiny_gemma2_hf_config() -> Gemma2Config:
+    return small_gemma2_config(
+        TINY_GEMMA2_DIMS,
+        name=TINY_GEMMA2_NAME,
+        max_positions=TINY_MAX_POSITIONS,
+        sliding_window=TINY_SLIDING_WINDOW,
+        initializer_range=_WEIGHT_STD,
+    )
 
 
 def build_tiny_hf(seed: int = 0, config: Gemma2Config | None = None) -> Gemma2ForCausalLM:

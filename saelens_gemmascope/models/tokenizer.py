@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
@@ -40,7 +41,6 @@ def _byte_to_char() -> dict[int, str]:
 def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     """A ``PreTrainedTokenizerFast`` that prepends ``<bos>`` and maps each UTF-8 byte to one token."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     vocab.update({char: FIRST_BYTE_ID + b for b, char in _byte_to_char().items()})
@@ -48,6 +48,14 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
+    return gemma_style_tokenizer(backend, TOKENIZER_NAME)
+
+
+def gemma_style_tokenizer(backend: Tokenizer, name: str) -> PreTrainedTokenizerFast:
+    """Wrap a ``tokenizers`` backend as Gemma's tokenizers behave: special tokens
+    ``<pad> <eos> <bos> <unk>``, BOS prepended, right padding; marked local (:func:`mark_local`)."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
@@ -58,7 +66,13 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
         add_eos_token=False,
         padding_side="right",
     )
-    tokenizer.init_kwargs["name_or_path"] = TOKENIZER_NAME
-    tokenizer.init_kwargs["add_bos_token"] = True
-    tokenizer.name_or_path = TOKENIZER_NAME
+    mark_local(tokenizer, name)
     return tokenizer
+
+
+def mark_local(tokenizer: PreTrainedTokenizerFast, name: str) -> None:
+    """TransformerLens re-loads a tokenizer by ``name_or_path`` (a hub lookup) unless it is set and
+    ``add_bos_token`` is recorded; set both so it uses this in-memory tokenizer as it is."""
+    tokenizer.init_kwargs["name_or_path"] = name
+    tokenizer.init_kwargs["add_bos_token"] = True
+    tokenizer.name_or_path = name
