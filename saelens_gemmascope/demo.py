@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import logging
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +21,13 @@ from typing import Any
 
 from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
 from saelens_gemmascope.training.preset import TrainingPreset
+
+#: SAELens warnings that are expected in the demo and say nothing to its reader: the embedded text
+#: is small, so the store cycles through it; the model and dataset are passed in memory on purpose.
+EXPECTED_WARNINGS = (
+    r"The training dataset contains fewer samples",
+    r"To copy construct from a tensor",
+)
 
 STAGES = ("language model", "train the suite", "load with SAE.from_pretrained", "evaluate", "summary")
 
@@ -34,7 +43,7 @@ class DemoSettings:
     #: training steps per SAE (None: the presets' own budget); calibration probes run as long
     steps: int | None = 200
     #: one probe round on a grid bracketing this model's λs, no refinement: a CPU-sized calibration
-    calibration_grid: tuple[float, ...] = (1e-3, 4e-3, 1.6e-2)
+    calibration_grid: tuple[float, ...] = (1e-3, 4e-3, 1.6e-2, 6.4e-2)
     refine_rounds: int = 0
     eval_sequences: int = 64
     eval_context: int = 128
@@ -102,6 +111,22 @@ def zero_ablation(sae: Any) -> Any:
 
 
 @contextmanager
+def _expected_warnings_hidden() -> Iterator[None]:
+    """Hide :data:`EXPECTED_WARNINGS`, and SAELens's log warning that the model and data were passed
+    in memory (they are, on purpose), for the demo's duration only."""
+    sae_lens_logger = logging.getLogger("sae_lens")
+    level = sae_lens_logger.level
+    sae_lens_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            for message in EXPECTED_WARNINGS:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        sae_lens_logger.setLevel(level)
+
+
+@contextmanager
 def _stages(show: bool) -> Iterator[Callable[[str], None]]:
     from tqdm.auto import tqdm
 
@@ -141,7 +166,7 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = tqdm.write if progress else (lambda _: None)
-    with _stages(progress) as advance:
+    with _stages(progress) as advance, _expected_warnings_hidden():
         model, model_metrics = _load_model(settings, progress)
         advance(STAGES[1])
 
