@@ -31,6 +31,13 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     train.add_argument("--calibration-grid", help="comma-separated λs for the first calibration round")
     train.add_argument("--refine-rounds", type=int, default=1, help="calibration refinement rounds")
+    train.add_argument(
+        "--distributed",
+        choices=["data", "sae"],
+        help="run under torchrun: 'data' splits each batch over the ranks (gradients averaged), 'sae' "
+        "spreads the λ ladder's SAEs over the ranks on the gathered batch; the λs are those of "
+        "--calibration-grid (no calibration)",
+    )
     train.set_defaults(handler=run_train)
 
 
@@ -83,6 +90,8 @@ def run_presets(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.distributed:
+        return run_train_distributed(args)
     from saelens_gemmascope.training.memory import parse_bytes
     from saelens_gemmascope.training.preset_config import match_presets, parse_assignments
     from saelens_gemmascope.training.suite import plan_suite, run_suite
@@ -108,4 +117,22 @@ def run_train(args: argparse.Namespace) -> int:
     grid = [float(x) for x in args.calibration_grid.split(",")] if args.calibration_grid else None
     result = run_suite(plan, args.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
     print(result.summary())
+    return 0
+
+
+def run_train_distributed(args: argparse.Namespace) -> int:
+    from saelens_gemmascope.training.distributed_presets import train_presets_distributed
+    from saelens_gemmascope.training.preset_config import match_presets, parse_assignments
+
+    if not args.calibration_grid:
+        raise SystemExit("--distributed trains the λs of --calibration-grid; give them, e.g. 3e-4,1e-3")
+    overrides = parse_assignments(args.assignments)
+    if args.device:
+        overrides["device"] = args.device
+    saved = train_presets_distributed(
+        match_presets(args.patterns), args.distributed, [float(x) for x in args.calibration_grid.split(",")],
+        args.output, data=args.data, overrides=overrides, n_checkpoints=args.checkpoints, resume=args.resume,
+    )  # fmt: skip
+    for path in saved:
+        print(f"saved {path}")
     return 0

@@ -19,10 +19,11 @@ every rank and every layout uses the C a single process would on the global stre
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -221,10 +222,26 @@ def make_trainer(sae: TrainingSAE[Any], cfg: SAETrainerConfig, input_scale: floa
     return trainer
 
 
-def _run_steps(trainer: GemmaScopeSAETrainer, batches: Iterator[torch.Tensor], steps: int) -> None:
-    for _ in range(steps):
-        trainer.step(next(batches))
-        trainer.n_training_steps += 1
+def _train_steps(
+    trainers: Mapping[str, GemmaScopeSAETrainer],
+    batches: Iterator[torch.Tensor],
+    steps: range,
+    ctx: DistContext,
+    *,
+    gather: bool,
+    after_step: Callable[[int], None] | None = None,
+) -> None:
+    """The one step loop of both modes: a batch per step (all-gathered in SAE-sharded mode) feeds
+    every trainer; ``after_step(n)`` runs after the n-th step (checkpoints)."""
+    for step in steps:
+        batch = next(batches)
+        if gather:
+            batch = all_gather_batch(batch, ctx)
+        for trainer in trainers.values():
+            trainer.step(batch)
+            trainer.n_training_steps += 1
+        if after_step is not None:
+            after_step(step + 1)
 
 
 def train_data_parallel(
@@ -248,7 +265,7 @@ def train_data_parallel(
         trainer = make_trainer(sae, cfg, input_scale)
     handles = average_gradients_during_backward(trainer.sae, ctx)
     try:
-        _run_steps(trainer, batches, steps)
+        _train_steps({"sae": trainer}, batches, range(steps), ctx, gather=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -280,11 +297,7 @@ def train_sae_sharded(
     """
     if trainers is None:
         trainers = {name: make_trainer(saes[name], cfg, input_scale) for name in owned_names(list(saes), ctx)}
-    for _ in range(steps):
-        global_batch = all_gather_batch(next(batches), ctx)
-        for trainer in trainers.values():
-            trainer.step(global_batch)
-            trainer.n_training_steps += 1
+    _train_steps(trainers, batches, range(steps), ctx, gather=True)
     return dict(trainers)
 
 
@@ -397,25 +410,60 @@ def train_distributed(
     special_ids: Sequence[int],
     ctx: DistContext,
     output_dir: str | Path | None = None,
+    *,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> dict[str, TrainingSAE[Any]]:
     """One hook's SAEs, end to end: activations on this rank's shard, C over all ranks, ``steps``
-    recipe steps in ``mode`` ("data": each SAE in turn over all ranks; "sae": SAEs over ranks),
-    fold, and save each SAE once (by rank 0, or by its owner) under ``output_dir/<name>``."""
+    recipe steps in ``mode`` ("data": every SAE on every rank, gradients averaged; "sae": SAEs over
+    ranks, on the all-gathered batch), fold, and save each SAE once (by rank 0, or by its owner)
+    under ``output_dir/<name>``.
+
+    Every ``checkpoint_every`` steps each rank writes ``output_dir/checkpoints/rank{r}.pt``; with
+    ``resume`` a run continues from it. The activation stream is deterministic (a rank's rows in
+    order), so resuming skips the batches already consumed and the run ends as an uninterrupted one.
+    """
     if mode not in DISTRIBUTED_MODES:
         raise ValueError(f"mode must be one of {DISTRIBUTED_MODES}, got {mode!r}")
     from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
 
     stream = shard_activations(model, dataset, hook_name, ctx, local_batch, special_ids)
     scale = estimate_input_scale_distributed(stream, cfg.n_batches_for_norm_estimate, ctx)
-    saes = {name: GemmaScopeTrainingSAE(sae_cfg).to(ctx.device) for name, sae_cfg in sae_cfgs.items()}
+    # Each SAE gets its own copy: folding C at the end edits the SAE's config in place.
+    saes = {name: GemmaScopeTrainingSAE(copy.deepcopy(c)).to(ctx.device) for name, c in sae_cfgs.items()}
     if mode == "data":
-        local_cfg = local_trainer_config(cfg, local_batch, steps)
-        trainers = {n: train_data_parallel(s, stream, steps, ctx, local_cfg, scale) for n, s in saes.items()}
-        savers = {n: ctx.is_main for n in saes}
+        step_cfg = local_trainer_config(cfg, local_batch, steps)
+        for sae in saes.values():
+            broadcast_parameters(sae, ctx)
+        trainers = {name: make_trainer(sae, step_cfg, scale) for name, sae in saes.items()}
+        savers = {name: ctx.is_main for name in saes}
     else:
-        global_cfg = local_trainer_config(cfg, local_batch * ctx.world_size, steps)
-        trainers = train_sae_sharded(saes, stream, steps, ctx, global_cfg, scale)
-        savers = {n: n in trainers for n in saes}
+        step_cfg = local_trainer_config(cfg, local_batch * ctx.world_size, steps)
+        trainers = {name: make_trainer(saes[name], step_cfg, scale) for name in owned_names(list(saes), ctx)}
+        savers = {name: name in trainers for name in saes}
+
+    checkpoints = Path(output_dir) / "checkpoints" if output_dir is not None else None
+    first = 0
+    if resume and checkpoints is not None and rank_checkpoint_path(checkpoints, ctx).is_file():
+        first = load_rank_checkpoint(checkpoints, ctx, trainers)
+        for _ in range(first):
+            next(stream)
+        log_main(ctx, "resumed from step %d of %d", first, steps)
+
+    def after_step(done: int) -> None:
+        if checkpoints is not None and checkpoint_every and done % checkpoint_every == 0 and done < steps:
+            save_rank_checkpoint(checkpoints, ctx, trainers, done)
+
+    handles = (
+        [h for t in trainers.values() for h in average_gradients_during_backward(t.sae, ctx)]
+        if mode == "data"
+        else []
+    )
+    try:
+        _train_steps(trainers, stream, range(first, steps), ctx, gather=mode == "sae", after_step=after_step)
+    finally:
+        for handle in handles:
+            handle.remove()
     for name, trainer in trainers.items():
         finish_trainer(trainer)
         if output_dir is not None and savers[name]:
