@@ -198,6 +198,8 @@ def evaluate_saes(
         entry.firing = LatentFiring.empty(entry.item.sae.cfg.d_sae, entry.item.sae.device)
 
     data = _resolve_tokens(dataset, model, n_sequences, context_size, seed, domain_column)
+    if data.tokens.numel() == 0:
+        raise ValueError("the evaluation dataset is empty: no sequences to evaluate on")
     special = SpecialTokens.of(model.tokenizer)
     needed = sorted(set().union(*(entry.plan.cache_hooks for entry in tracked)))
     starts = range(0, len(data.tokens), batch_size)

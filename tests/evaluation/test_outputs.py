@@ -123,3 +123,46 @@ def test_load_language_model(tiny: TinyGemma2) -> None:
     assert torch.equal(model.W_E, tiny.tl_model.W_E)
     with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE"):
         load_language_model("gemma-2-2b")
+
+
+class _NoForward:
+    """Wraps the model so that any forward pass fails the test."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def __enter__(self) -> None:
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the model ran before the input was checked")
+
+        self.saved = self.model.forward
+        self.model.forward = refuse  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        self.model.forward = self.saved  # type: ignore[method-assign]
+
+
+def test_sae_of_the_wrong_width_fails_before_the_model_runs(tiny: TinyGemma2, tokens: torch.Tensor) -> None:
+    from eval_helpers import random_sae
+
+    d_model = tiny.spec.d_model
+    wrong = random_sae("blocks.1.attn.hook_z", d_in=d_model)  # att is n_heads * d_head wide, not d_model
+    with (
+        _NoForward(tiny.tl_model),
+        pytest.raises(ValueError, match=r"d_in=64 but 'blocks.1.attn.hook_z' has width 32"),
+    ):
+        evaluate_saes([wrong], model=tiny.tl_model, dataset=tokens)
+
+
+@pytest.mark.parametrize("empty", ["tensor", "dataset"])
+def test_empty_dataset_fails_before_the_model_runs(tiny: TinyGemma2, empty: str) -> None:
+    from eval_helpers import random_sae
+
+    sae = random_sae("blocks.1.hook_resid_post", d_in=tiny.spec.d_model)
+    data = (
+        torch.zeros((0, 16), dtype=torch.int64)
+        if empty == "tensor"
+        else datasets.Dataset.from_dict({"input_ids": []})
+    )
+    with _NoForward(tiny.tl_model), pytest.raises(ValueError, match=r"empty|0 rows"):
+        evaluate_saes([sae], model=tiny.tl_model, dataset=data, n_sequences=4, context_size=16)
