@@ -136,3 +136,19 @@ def test_cli_lists_presets_with_counts(
     out = capsys.readouterr().out
     assert "blocks.12.hook_resid_post" in out and "22, 41, 82, 176, 445" in out and "16B" in out
     assert "7 presets: gemma-scope-2b-pt-res 7" in out
+
+
+def test_every_trainable_preset_gives_a_config_sae_lens_accepts() -> None:
+    """SAELens validates its configs on construction (buffer vs batch, dtypes, ...): every preset passes."""
+    from sae_lens.config import LanguageModelSAERunnerConfig
+
+    from saelens_gemmascope.host import load_plugins
+    from saelens_gemmascope.training.preset_config import training_config
+
+    presets = [p for p in load_plugins().presets.values() if p.trainable]
+    assert len(presets) > 400
+    for preset in presets:
+        cfg = training_config(preset, 1e-3)
+        assert isinstance(cfg, LanguageModelSAERunnerConfig)
+        assert (cfg.hook_name, cfg.sae.d_in, cfg.sae.d_sae) == (preset.hook_name, preset.d_in, preset.d_sae)
+        assert cfg.n_batches_in_buffer * cfg.context_size >= cfg.train_batch_size_tokens
