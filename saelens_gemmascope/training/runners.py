@@ -27,6 +27,18 @@ def _prefetch_size(setting: bool | int) -> int:
     return 1 if isinstance(setting, bool) else setting
 
 
+def _start_wandb(cfg: Any) -> None:
+    """Open the wandb run both SAELens runners open at the start of ``run()`` (if logging is on)."""
+    if cfg.logger.log_to_wandb:
+        wandb.init(
+            project=cfg.logger.wandb_project,
+            entity=cfg.logger.wandb_entity,
+            config=cfg.to_dict(),
+            name=cfg.logger.run_name,
+            id=cfg.logger.wandb_id,
+        )
+
+
 class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
     """``LanguageModelSAETrainingRunner`` that trains with :class:`GemmaScopeSAETrainer`.
 
@@ -38,14 +50,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config=self.cfg.to_dict(),
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-            )
+        _start_wandb(self.cfg)
         data_provider: DataProvider = self.activations_store
         if self.cfg.prefetch_llm_batches:
             data_provider = PrefetchingIterator(
@@ -90,14 +95,7 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()
-        if self.cfg.logger.log_to_wandb:
-            wandb.init(
-                project=self.cfg.logger.wandb_project,
-                entity=self.cfg.logger.wandb_entity,
-                config=self.cfg.to_dict(),
-                name=self.cfg.logger.run_name,
-                id=self.cfg.logger.wandb_id,
-            )
+        _start_wandb(self.cfg)
         data_provider: MultiHookDataProvider = self.activations_store.get_multi_hook_data_loader()
         if self.cfg.prefetch_llm_batches:
             data_provider = PrefetchingIterator(
