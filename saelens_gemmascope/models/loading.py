@@ -18,19 +18,6 @@ class ModelUnavailableError(RuntimeError):
     """The model's weights cannot be loaded here (offline and not cached, gated, unknown...)."""
 
 
-def _torch_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    import torch
-
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, dtype, None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return resolved
-
-
 def _embedded_model(name: str) -> TinyGemma2:
     """The random tiny test model, or the tiny model trained on real text (built once, then cached)."""
     if name == PRETRAINED_TINY_NAME:
@@ -54,7 +41,9 @@ def load_language_model(
     """
     import os
 
-    dtype_ = _torch_dtype(dtype)
+    from sae_lens.util import str_to_dtype
+
+    dtype_ = str_to_dtype(dtype or "float32")
     device = device or "cpu"
     if name in (TINY_GEMMA2_NAME, PRETRAINED_TINY_NAME):
         model = _embedded_model(name).tl_model.to(device, print_details=False)

@@ -19,7 +19,6 @@ every rank and every layout uses the C a single process would on the global stre
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import re
@@ -429,8 +428,7 @@ def train_distributed(
 
     stream = shard_activations(model, dataset, hook_name, ctx, local_batch, special_ids)
     scale = estimate_input_scale_distributed(stream, cfg.n_batches_for_norm_estimate, ctx)
-    # Each SAE gets its own copy: folding C at the end edits the SAE's config in place.
-    saes = {name: GemmaScopeTrainingSAE(copy.deepcopy(c)).to(ctx.device) for name, c in sae_cfgs.items()}
+    saes = {name: GemmaScopeTrainingSAE(cfg_).to(ctx.device) for name, cfg_ in sae_cfgs.items()}
     if mode == "data":
         step_cfg = local_trainer_config(cfg, local_batch, steps)
         for sae in saes.values():

@@ -13,6 +13,7 @@ What it saves for inference is a plain SAELens ``jumprelu`` SAE: the inference r
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -202,6 +203,10 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         unit norm. (SAELens's own fold rescales W_enc and W_dec instead.)
         """
         scale = 1.0 / scaling_factor
+        # The config object is the caller's (a runner config, a ladder reused for another run):
+        # describe the folded SAE in a copy of it, or the next run would train without the recipe's
+        # pre-encoder bias.
+        self.cfg = copy.deepcopy(self.cfg)
         if self.cfg.apply_b_dec_to_input:
             self.b_enc.sub_(self.b_dec @ self.W_enc)
             self.cfg.apply_b_dec_to_input = False

@@ -307,7 +307,7 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
             ]
             progress(f"{suite_pass.id}: training {len(saes)} SAEs on {len(suite_pass.hooks)} hook(s)")
             results = train_pass(saes, group.training_tokens, suite_pass.id)
-            trained.extend(export_pass(root, suite_pass.id, saes, results))
+            trained.extend(export_pass(root, suite_pass.id, saes, results, progress))
     releases = register_releases(root)
     result = SuiteResult(root, tuple(trained), tuple(releases))
     (root / "summary.json").write_text(

@@ -7,7 +7,7 @@ sites. Embedding SAEs go to the residual release, as in Gemma Scope.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,11 @@ def local_release_name(root: Path, release_folder: Path) -> str:
 
 
 def export_pass(
-    root: Path, pass_id: str, saes: Sequence[PresetSAE], trained: Mapping[str, Any]
+    root: Path,
+    pass_id: str,
+    saes: Sequence[PresetSAE],
+    trained: Mapping[str, Any],
+    progress: Callable[[str], None] = print,
 ) -> list[TrainedSAE]:
     """Export every SAE of a pass; an SAE whose rounded L0 lands on a folder another SAE of this
     pass already took (same layer and width) is kept in SAELens format only."""
@@ -46,7 +50,7 @@ def export_pass(
         folder = sae_folder(preset.layer, preset.d_sae, l0)
         export_id: str | None = None
         if (target_root, folder) in taken:
-            print(
+            progress(
                 f"warning: {sae.name} (L0 {l0:.1f}) would overwrite {taken[target_root, folder]} at {folder}; not exported"
             )
         else:

@@ -189,3 +189,15 @@ def test_bf16_autocast_keeps_fp32_parameters() -> None:
     assert all(p.dtype == torch.float32 for p in trainer.sae.parameters())
     assert all(torch.isfinite(p).all() for p in trainer.sae.parameters())
     torch.testing.assert_close(trainer.sae.W_dec.norm(dim=-1), torch.ones(D_SAE), rtol=0, atol=1e-6)
+
+
+def test_folding_describes_the_sae_in_a_copy_of_the_callers_config() -> None:
+    """A config reused for another run must still ask for the recipe's pre-encoder bias."""
+    cfg = gemmascope_sae_config(d_in=8, d_sae=16)
+    assert cfg.apply_b_dec_to_input
+    sae = GemmaScopeTrainingSAE(cfg)
+    sae.fold_activation_norm_scaling_factor(0.5)
+    assert not sae.cfg.apply_b_dec_to_input and sae.cfg.metadata.gemmascope_input_scale == 2.0
+    assert cfg.apply_b_dec_to_input
+    assert getattr(cfg.metadata, "gemmascope_input_scale", None) is None
+    assert GemmaScopeTrainingSAE(cfg).cfg.apply_b_dec_to_input
