@@ -1,7 +1,7 @@
 """SAELens's two training runners, driving the recipe's trainers.
 
 Both SAELens runners build their trainer inline in ``run()`` (no factory argument or method), so
-these subclasses override ``run()`` with the same sequence (metadata, wandb, data provider,
+these subclasses override ``run()`` with the same sequence (metadata, wandb (offline when unreachable: training.wandb_logging), data provider,
 resume, train with interruption handling, final save) and only the trainer class changed. Model
 and activation-store set-up, evaluators, checkpoint files and final saving are SAELens's.
 The trainer of the last ``run()`` stays reachable as ``runner.trainer``.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import wandb
 from sae_lens import logger
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
@@ -20,23 +19,12 @@ from sae_lens.training.prefetch import PrefetchingIterator
 from sae_lens.training.types import DataProvider, MultiHookDataProvider
 
 from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
+from saelens_gemmascope.training.wandb_logging import finish_wandb, start_wandb
 
 
 def _prefetch_size(setting: bool | int) -> int:
     # bool is an int subclass, so True must be read as "queue of one", not 1 by accident of type.
     return 1 if isinstance(setting, bool) else setting
-
-
-def _start_wandb(cfg: Any) -> None:
-    """Open the wandb run both SAELens runners open at the start of ``run()`` (if logging is on)."""
-    if cfg.logger.log_to_wandb:
-        wandb.init(
-            project=cfg.logger.wandb_project,
-            entity=cfg.logger.wandb_entity,
-            config=cfg.to_dict(),
-            name=cfg.logger.run_name,
-            id=cfg.logger.wandb_id,
-        )
 
 
 class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
@@ -50,7 +38,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
-        _start_wandb(self.cfg)
+        wandb_run = start_wandb(self.cfg)
         data_provider: DataProvider = self.activations_store
         if self.cfg.prefetch_llm_batches:
             data_provider = PrefetchingIterator(
@@ -78,8 +66,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
                     output_path=self.cfg.output_path,
                     log_feature_sparsity=trainer.log_feature_sparsity,
                 )
-            if self.cfg.logger.log_to_wandb:
-                wandb.finish()
+            finish_wandb(self.cfg, wandb_run)
             return sae
         finally:
             if isinstance(data_provider, PrefetchingIterator):
@@ -95,7 +82,7 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()
-        _start_wandb(self.cfg)
+        wandb_run = start_wandb(self.cfg)
         data_provider: MultiHookDataProvider = self.activations_store.get_multi_hook_data_loader()
         if self.cfg.prefetch_llm_batches:
             data_provider = PrefetchingIterator(
@@ -118,8 +105,7 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
             saes = self._run_with_interruption_handling(trainer)
             if self.cfg.output_path is not None:
                 self._save_final_outputs(saes, trainer)
-            if self.cfg.logger.log_to_wandb:
-                wandb.finish()
+            finish_wandb(self.cfg, wandb_run)
             return saes
         finally:
             if isinstance(data_provider, PrefetchingIterator):

@@ -28,6 +28,7 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import LRScheduler
 
 from saelens_gemmascope.training.input_scale import estimate_input_scale, estimate_input_scales
+from saelens_gemmascope.training.progress import step_losses, update_progress_bar
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.training.schedules import cosine_warm_up_scheduler
 
@@ -137,6 +138,15 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         return output
 
     @torch.no_grad()
+    def _update_pbar(self, step_output: TrainStepOutput, pbar: Any, update_interval: int = 100) -> None:
+        # Tokens, tokens/s and ETA instead of SAELens's bare "it" count (see training.progress).
+        if self.n_training_steps % update_interval == 0:
+            update_progress_bar(
+                pbar, step=self.n_training_steps, samples_done=self.n_training_samples,
+                losses=step_losses(step_output),
+            )  # fmt: skip
+
+    @torch.no_grad()
     def _record_firing(self, feature_acts: torch.Tensor) -> None:
         # The same dead-latent and firing-frequency bookkeeping as SAELens's step.
         fired = feature_acts.bool().float()
@@ -202,3 +212,15 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
     def fit(self) -> dict[str, TrainingSAE[Any]]:
         self.ensure_input_scales()
         return super().fit()
+
+    @torch.no_grad()
+    def _update_pbar(
+        self, step_outputs: dict[str, TrainStepOutput], pbar: Any, update_interval: int = 100
+    ) -> None:
+        # One short line for a whole ladder, counted in tokens from a resumed run's position.
+        if self.n_training_steps % update_interval == 0:
+            update_progress_bar(
+                pbar, step=self.n_training_steps, samples_done=self.n_training_samples,
+                losses={name: float(out.loss.item()) for name, out in step_outputs.items()},
+                n_saes=len(step_outputs),
+            )  # fmt: skip
