@@ -26,9 +26,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     train.add_argument("--cached-activations", action="store_true", help="cache activations to disk first")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
-    train.add_argument(
+    checkpoints = train.add_mutually_exclusive_group()
+    checkpoints.add_argument(
         "--checkpoints", type=int, default=4, help="checkpoints per pass (default: %(default)s)"
     )
+    checkpoints.add_argument(
+        "--checkpoint-every", metavar="TOKENS", help="a checkpoint every TOKENS training tokens, e.g. 500M"
+    )
+    train.add_argument(
+        "--wandb", nargs="?", const="gemmascope", metavar="PROJECT",
+        help="log training passes to wandb (project default: %(const)s); offline without a key or "
+        "network, with the `wandb sync` command printed at the end",
+    )  # fmt: skip
     train.add_argument("--calibration-grid", help="comma-separated λs for the first calibration round")
     train.add_argument("--refine-rounds", type=int, default=1, help="calibration refinement rounds")
     train.add_argument(
@@ -89,6 +98,23 @@ def run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_count(text: str | None) -> int | None:
+    """``500M``, ``2B``, ``250k`` or ``1000000`` as an int (None stays None)."""
+    if text is None:
+        return None
+    units = {"k": 10**3, "m": 10**6, "b": 10**9, "g": 10**9}
+    text = text.strip().replace("_", "").replace(",", "")
+    scale = units.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale != 1 else text
+    try:
+        value = round(float(number) * scale)
+    except ValueError:
+        raise ValueError(f"expected a token count such as 500M, 2B or 250000, got {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"the token count must be positive, got {text!r}")
+    return value
+
+
 def run_train(args: argparse.Namespace) -> int:
     if args.distributed:
         return run_train_distributed(args)
@@ -112,7 +138,8 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     trainers = group_trainers(
         args.output, data=args.data, cached=args.cached_activations, resume=args.resume,
-        n_checkpoints=args.checkpoints, overrides=overrides,
+        n_checkpoints=args.checkpoints, checkpoint_every_tokens=parse_count(args.checkpoint_every),
+        overrides=overrides, wandb_project=args.wandb,
     )  # fmt: skip
     grid = [float(x) for x in args.calibration_grid.split(",")] if args.calibration_grid else None
     result = run_suite(plan, args.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
@@ -124,6 +151,10 @@ def run_train_distributed(args: argparse.Namespace) -> int:
     from saelens_gemmascope.training.distributed_presets import train_presets_distributed
     from saelens_gemmascope.training.preset_config import match_presets, parse_assignments
 
+    if args.checkpoint_every or args.wandb:
+        raise ValueError(
+            "--distributed takes --checkpoints (per rank and pass); --checkpoint-every and --wandb are not built for it"
+        )
     if not args.calibration_grid:
         raise SystemExit("--distributed trains the λs of --calibration-grid; give them, e.g. 3e-4,1e-3")
     overrides = parse_assignments(args.assignments)

@@ -22,11 +22,20 @@ class UnknownNameError(KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def unknown_name_message(kind: str, name: str, known: Iterable[str], context: str = "") -> str:
+#: Beyond this many known names an error names how to list them instead of listing them all.
+MAX_LISTED_NAMES = 30
+
+
+def unknown_name_message(
+    kind: str, name: str, known: Iterable[str], context: str = "", list_command: str | None = None
+) -> str:
+    """``Unknown <kind> <name>``, the closest known names, and the known names (or how to list them)."""
     known = sorted(set(known))
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return f"Unknown {kind} {name!r}{context}.{hint} Known {kind}s: {', '.join(known)}"
+    if len(known) <= MAX_LISTED_NAMES or list_command is None:
+        return f"Unknown {kind} {name!r}{context}.{hint} Known {kind}s: {', '.join(known)}"
+    return f"Unknown {kind} {name!r}{context}.{hint} {len(known):,} {kind}s are known; list them with: {list_command}"
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,13 @@ Every default can be overridden by keyword; anything not listed here keeps SAELe
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from typing import Any
 
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
+from saelens_gemmascope.training.checks import check_buffer
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAEConfig
 
 #: Runner-level recipe values (paper §2): the ones SAELens's runner configs can express.
@@ -47,13 +49,15 @@ def gemmascope_ladder(
     }
 
 
-def _check_buffer(context_size: int, n_batches_in_buffer: int, train_batch_size_tokens: int) -> None:
-    # SAELens's mixing buffer must hold at least one training batch, or it never yields.
-    if n_batches_in_buffer * context_size < train_batch_size_tokens:
-        raise ValueError(
-            f"n_batches_in_buffer * context_size = {n_batches_in_buffer} * {context_size} must be at "
-            f"least train_batch_size_tokens = {train_batch_size_tokens}"
-        )
+def _check_buffer_before(config_class: type, values: Mapping[str, Any]) -> None:
+    # Checked before SAELens builds its config, so that our message (which numbers to change) is
+    # the one the user sees; SAELens's own defaults fill what the caller left out.
+    defaults = {f.name: f.default for f in fields(config_class)}
+    check_buffer(
+        int(values.get("context_size", defaults["context_size"])),
+        int(values.get("n_batches_in_buffer", defaults["n_batches_in_buffer"])),
+        int(values.get("train_batch_size_tokens", defaults["train_batch_size_tokens"])),
+    )
 
 
 def gemmascope_runner_config(
@@ -69,11 +73,11 @@ def gemmascope_runner_config(
     batch (4,096 activations), context (1,024), η = 7e-5 with 1,000 warm-up steps, Adam
     β = (0, 0.999), special tokens excluded and fp32 (``autocast=True`` for bf16)."""
     values = {**RECIPE_RUNNER_DEFAULTS, **overrides}
+    _check_buffer_before(LanguageModelSAERunnerConfig, values)
     cfg = LanguageModelSAERunnerConfig(
         sae=sae, model_name=model_name, hook_name=hook_name, training_tokens=training_tokens,
         dataset_path=dataset_path, **values,
     )  # fmt: skip
-    _check_buffer(cfg.context_size, cfg.n_batches_in_buffer, cfg.train_batch_size_tokens)
     return cfg
 
 
@@ -89,9 +93,9 @@ def gemmascope_multi_runner_config(
     """A ``MultiSAETrainingRunnerConfig`` for :class:`GemmaScopeMultiSAETrainingRunner` with the
     recipe's runner defaults (as :func:`gemmascope_runner_config`)."""
     values = {**RECIPE_RUNNER_DEFAULTS, **overrides}
+    _check_buffer_before(MultiSAETrainingRunnerConfig, values)
     cfg = MultiSAETrainingRunnerConfig(
         saes=dict(saes), hook_names=hook_names, model_name=model_name, training_tokens=training_tokens,
         dataset_path=dataset_path, **values,
     )  # fmt: skip
-    _check_buffer(cfg.context_size, cfg.n_batches_in_buffer, cfg.train_batch_size_tokens)
     return cfg

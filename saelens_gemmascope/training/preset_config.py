@@ -20,6 +20,7 @@ from typing import Any, overload
 from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
+from saelens_gemmascope.training.checks import check_input_width
 from saelens_gemmascope.training.config import (
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
@@ -65,6 +66,7 @@ def runner_overrides_of(preset: TrainingPreset, overrides: Mapping[str, Any]) ->
 def sae_config_for(sae: PresetSAE, overrides: Mapping[str, Any]) -> GemmaScopeTrainingSAEConfig:
     sae.preset.require_trainable()
     sae_overrides = split_overrides({**sae.preset.overrides, **overrides})[0]
+    check_input_width(sae.preset, sae_overrides.pop("d_in", None))
     return gemmascope_sae_config(sae.preset.d_in, sae.preset.d_sae, sae.l0_coefficient, **sae_overrides)
 
 
@@ -168,7 +170,9 @@ def registered_preset(name: str) -> TrainingPreset:
 
     registered = load_plugins().presets
     if name not in registered:
-        raise UnknownNameError(unknown_name_message("preset", name, registered))
+        raise UnknownNameError(
+            unknown_name_message("preset", name, registered, list_command=_list_hint(name, registered))
+        )
     return registered[name]
 
 
@@ -194,6 +198,14 @@ def parse_assignments(texts: Iterable[str]) -> dict[str, Any]:
     return dict(parse_assignment(text) for text in texts)
 
 
+def _list_hint(name: str, registered: Iterable[str]) -> str:
+    """The ``gemmascope presets`` command listing the presets of ``name``'s model (or all)."""
+    model = name.split("/", 1)[0]
+    if "*" not in model and any(other.startswith(f"{model}/") for other in registered):
+        return f"gemmascope presets '{model}/*'"
+    return "gemmascope presets"
+
+
 def match_presets(patterns: Iterable[str]) -> list[TrainingPreset]:
     """Registered presets matching any of the glob ``patterns`` (``*`` also crosses ``/``), in
     registration order; a pattern matching nothing raises ``UnknownNameError``."""
@@ -205,6 +217,10 @@ def match_presets(patterns: Iterable[str]) -> list[TrainingPreset]:
     for pattern in patterns:
         found = [p for name, p in registered.items() if fnmatch.fnmatchcase(name, pattern)]
         if not found:
-            raise UnknownNameError(unknown_name_message("preset", pattern, registered))
+            raise UnknownNameError(
+                unknown_name_message(
+                    "preset", pattern, registered, list_command=_list_hint(pattern, registered)
+                )
+            )
         chosen.update((p.name, p) for p in found)
     return list(chosen.values())

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saelens_gemmascope.training.checks import check_buffer, check_input_width
 from saelens_gemmascope.training.config import RECIPE_RUNNER_DEFAULTS
 from saelens_gemmascope.training.memory import (
     MemoryItem,
@@ -193,6 +194,8 @@ def plan_suite(
     empty = [p.name for p in presets if not p.l0_targets]
     if empty:
         raise ValueError(f"presets without L0 targets: {empty}")
+    for preset in presets:
+        check_input_width(preset, {**preset.overrides, **overrides}.get("d_in"))
     budget, source = resolve_budget(memory_budget, device)
     by_key: dict[str, list[TrainingPreset]] = {}
     settings_of: dict[str, dict[str, Any]] = {}
@@ -204,6 +207,11 @@ def plan_suite(
     groups = []
     for index, (key, members) in enumerate(by_key.items()):
         settings = settings_of[key]
+        check_buffer(
+            int(_setting(settings, "context_size")),
+            int(settings.get("n_batches_in_buffer", _SAELENS_BUFFER_BATCHES)),
+            int(_setting(settings, "train_batch_size_tokens")),
+        )
         # Ordered by hook so that SAEs of one hook share a pass (and its buffer) where they can.
         rungs = [Rung(p, t) for p in sorted(members, key=lambda p: p.hook_name) for t in p.l0_targets]
         items = [sae_item(r.preset, r, settings) for r in rungs]
@@ -271,12 +279,16 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
 
     ``trainer_for_group`` builds the function that trains one pass of a group (live or from
     cached activations: :mod:`saelens_gemmascope.training.suite_training`); a probe run is a pass
-    without an id (nothing saved).
+    without an id (nothing saved). If it has a ``preflight(plan)`` method (``SuiteTrainers`` has),
+    that runs first, so that a run which cannot finish (no disk space) fails before it starts.
     """
     from saelens_gemmascope.training.calibration import DEFAULT_GRID, calibrate
     from saelens_gemmascope.training.suite_export import export_pass, register_releases
 
     root = Path(output_root)
+    preflight = getattr(trainer_for_group, "preflight", None)
+    if callable(preflight):
+        preflight(plan)
     root.mkdir(parents=True, exist_ok=True)
     (root / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     trained: list[TrainedSAE] = []

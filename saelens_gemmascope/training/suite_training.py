@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sae_lens import LoggingConfig
-from sae_lens.cache_activations_runner import CacheActivationsRunner, _mk_activations_store
-from sae_lens.config import CacheActivationsRunnerConfig
 from sae_lens.saes.sae import SAE
 
+from saelens_gemmascope.training.activation_cache import cache_activations, caches_to_write
+from saelens_gemmascope.training.checks import CacheEstimate, check_disk_space, check_hook_widths
 from saelens_gemmascope.training.preset_config import PresetSAE, multi_config_for, training_config
 from saelens_gemmascope.training.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
-from saelens_gemmascope.training.suite import PassTrainer, SuiteGroup
+from saelens_gemmascope.training.suite import PassTrainer, SuiteGroup, SuitePlan
 
 _CHECKPOINT_NAME = re.compile(r"^(?:final_)?(\d+)$")
 
@@ -38,6 +37,7 @@ class TrainingContext:
     overrides: Mapping[str, Any] = field(default_factory=dict)
     n_checkpoints: int = 0
     resume: bool = False
+    wandb_project: str | None = None
 
     def pass_dir(self, pass_id: str) -> Path:
         return self.output_root / "saes" / pass_id
@@ -59,7 +59,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
 def _run_settings(ctx: TrainingContext, pass_id: str | None, output: Path | None) -> dict[str, Any]:
     """Output, checkpoint and logging settings of one run (a probe run, ``pass_id=None``, saves nothing)."""
     run_id = (pass_id or "probe").replace("/", "__")
-    settings: dict[str, Any] = {"logger": LoggingConfig(log_to_wandb=False, wandb_id=run_id)}
+    # Training passes log to wandb when asked; the many short calibration probes never do.
+    log = ctx.wandb_project is not None and pass_id is not None
+    logger = LoggingConfig(
+        log_to_wandb=log, wandb_id=run_id, run_name=run_id, wandb_project=ctx.wandb_project or "gemmascope"
+    )
+    settings: dict[str, Any] = {"logger": logger}
     settings.update(ctx.overrides)
     if pass_id is None:
         return {**settings, "output_path": None, "checkpoint_path": None, "n_checkpoints": 0}
@@ -107,65 +112,16 @@ def live_pass_trainer(group: SuiteGroup, ctx: TrainingContext) -> PassTrainer:
     return train
 
 
-class CacheActivationsRunnerWithModel(CacheActivationsRunner):
-    """SAELens's ``CacheActivationsRunner`` on a model already in memory.
-
-    SAELens's ``__init__`` loads the model by name (``load_model``) and takes no model argument,
-    which the tiny model, or any model built in memory, cannot go through. This set-up is the
-    same in effect; caching, sharding and shuffling (``run()``) stay SAELens's.
-    """
-
-    def __init__(self, cfg: CacheActivationsRunnerConfig, model: Any, override_dataset: Any = None) -> None:
-        from datasets import Array2D, Features, Sequence, Value
-
-        self.cfg = cfg
-        self.model = model
-        self.activations_store = _mk_activations_store(model, cfg, override_dataset=override_dataset)
-        self.context_size = self._get_sliced_context_size(cfg.context_size, cfg.seqpos_slice)
-        self.features = Features(
-            {
-                cfg.hook_name: Array2D(shape=(self.context_size, cfg.d_in), dtype=cfg.dtype),
-                "token_ids": Sequence(Value(dtype="int32"), length=self.context_size),
-            }
-        )
-
-
-def cache_activations(
-    ctx: TrainingContext, saes: Sequence[PresetSAE], tokens: int, settings: Mapping[str, Any]
-) -> dict[str, Path]:
-    """Cache each hook of ``saes`` once (reused when the folder already holds a cache)."""
-    paths: dict[str, Path] = {}
-    context = int(settings["context_size"])
-    prompts = int(settings["store_batch_size_prompts"])
-    for sae in saes:
-        hook = sae.preset.hook_name
-        path = ctx.output_root / "activations" / hook
-        paths[hook] = path
-        if (path / "state.json").is_file():
-            continue  # a finished cache (save_to_disk writes state.json last)
-        if path.exists():
-            shutil.rmtree(path)  # an interrupted cache of this run; SAELens refuses non-empty folders
-        bytes_per_token = sae.preset.d_in * 4
-        batch_tokens = prompts * context
-        # One shard holding the whole cache (SAELens sizes shards in GB, up to 2).
-        n_tokens = math.ceil(tokens / batch_tokens) * batch_tokens
-        buffer_gb = min(2.0, (n_tokens * bytes_per_token + bytes_per_token // 2) / 1e9)
-        cfg = CacheActivationsRunnerConfig(
-            dataset_path="in-memory", model_name=sae.preset.model_name, model_batch_size=prompts,
-            hook_name=hook, d_in=sae.preset.d_in, training_tokens=n_tokens, context_size=context,
-            new_cached_activations_path=str(path), buffer_size_gb=buffer_gb,
-            device=str(settings.get("device", "cpu")), dtype="float32",
-        )  # fmt: skip
-        CacheActivationsRunnerWithModel(cfg, ctx.model, override_dataset=ctx.dataset).run()
-    return paths
-
-
 def cached_pass_trainer(group: SuiteGroup, ctx: TrainingContext) -> PassTrainer:
     """Caches each hook's activations once, then trains every SAE from disk on its own."""
 
     def train(saes: Sequence[PresetSAE], tokens: int, pass_id: str | None) -> Mapping[str, Any]:
         settings = {**group.runner_settings, **ctx.overrides}
-        paths = cache_activations(ctx, saes, tokens, _with_recipe_defaults(settings))
+        # Cached once for the training runs, so that the calibration probes' cache serves them too.
+        cached = max(tokens, group.training_tokens)
+        paths = cache_activations(
+            ctx.model, ctx.dataset, ctx.output_root, saes, cached, _with_recipe_defaults(settings)
+        )
         results: dict[str, Any] = {}
         for sae in saes:
             output = ctx.pass_dir(pass_id) / sae.name if pass_id is not None else None
@@ -195,6 +151,80 @@ def _with_recipe_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {"store_batch_size_prompts": 32, **RECIPE_RUNNER_DEFAULTS, **settings}
 
 
+@dataclass
+class SuiteTrainers:
+    """The ``trainer_for_group`` of :func:`~saelens_gemmascope.training.suite.run_suite`.
+
+    ``model`` and ``dataset`` replace loading the group's model by name and ``data`` (``stdlib``,
+    a dataset folder, or a hub dataset name); a loaded model is reused by every group of it.
+    Checkpoints: ``checkpoint_every_tokens`` (an interval) or ``n_checkpoints`` per pass.
+    ``wandb_project`` turns on wandb logging of the training passes (offline without an API key
+    or network; calibration probes are not logged).
+    """
+
+    output_root: Path
+    data: str = "stdlib"
+    model: Any = None
+    dataset: Any = None
+    cached: bool = False
+    resume: bool = False
+    n_checkpoints: int = 0
+    checkpoint_every_tokens: int | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    wandb_project: str | None = None
+    progress: Callable[[str], None] = print
+    _loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def checkpoints_for(self, group: SuiteGroup) -> int:
+        """Checkpoints per pass of ``group``: one every ``checkpoint_every_tokens`` if set."""
+        if self.checkpoint_every_tokens is None:
+            return self.n_checkpoints
+        return max(0, math.ceil(group.training_tokens / self.checkpoint_every_tokens) - 1)
+
+    def preflight(self, plan: SuitePlan) -> None:
+        """Checks before anything runs: disk space for the activation caches (cached mode)."""
+        if not self.cached:
+            return
+        needed: dict[str, int] = {}
+        for group in plan.groups:
+            settings = _with_recipe_defaults({**group.runner_settings, **self.overrides})
+            hooks = {p.hook_name: p.d_in for p in group.presets}
+            needed.update(caches_to_write(self.output_root, hooks, group.training_tokens, settings))
+        check_disk_space(CacheEstimate(self.output_root / "activations", needed))
+
+    def language_model(self, model_name: str) -> Any:
+        if self.model is not None:
+            return self.model
+        if model_name not in self._loaded:
+            from saelens_gemmascope.models.loading import load_language_model
+
+            self._loaded[model_name] = load_language_model(model_name, device=self.overrides.get("device"))
+        return self._loaded[model_name]
+
+    def __call__(self, group: SuiteGroup) -> PassTrainer:
+        from saelens_gemmascope.training.data import load_training_data
+
+        lm = self.language_model(group.model_name)
+        check_hook_widths(lm, {p.hook_name: p.d_in for p in group.presets})
+        settings = _with_recipe_defaults(group.runner_settings)
+        data_set = (
+            self.dataset
+            if self.dataset is not None
+            else load_training_data(self.data, lm.tokenizer, settings["context_size"])
+        )
+        n_checkpoints = self.checkpoints_for(group)
+        if n_checkpoints:
+            every = group.training_tokens // (n_checkpoints + 1)
+            self.progress(
+                f"group {group.index}: a checkpoint every {every:,} tokens ({n_checkpoints} per pass) "
+                f"under {self.output_root / 'checkpoints'}"
+            )
+        ctx = TrainingContext(
+            lm, data_set, self.output_root, self.overrides, n_checkpoints, self.resume, self.wandb_project
+        )
+        return (cached_pass_trainer if self.cached else live_pass_trainer)(group, ctx)
+
+
 def group_trainers(
     output_root: str | Path,
     *,
@@ -204,34 +234,15 @@ def group_trainers(
     cached: bool = False,
     resume: bool = False,
     n_checkpoints: int = 0,
+    checkpoint_every_tokens: int | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> Callable[[SuiteGroup], PassTrainer]:
-    """The ``trainer_for_group`` of :func:`~saelens_gemmascope.training.suite.run_suite`.
-
-    ``model`` and ``dataset`` replace loading the group's model by name and ``data`` (``stdlib``,
-    a dataset folder, or a hub dataset name); a loaded model is reused by every group of it.
-    """
-    from saelens_gemmascope.models.loading import load_language_model
-    from saelens_gemmascope.training.data import load_training_data
-
-    loaded: dict[str, Any] = {}
-    overrides = dict(overrides or {})
-
-    def for_group(group: SuiteGroup) -> PassTrainer:
-        lm = model
-        if lm is None:
-            if group.model_name not in loaded:
-                loaded[group.model_name] = load_language_model(
-                    group.model_name, device=overrides.get("device")
-                )
-            lm = loaded[group.model_name]
-        settings = _with_recipe_defaults(group.runner_settings)
-        data_set = (
-            dataset
-            if dataset is not None
-            else load_training_data(data, lm.tokenizer, settings["context_size"])
-        )
-        ctx = TrainingContext(lm, data_set, Path(output_root), overrides, n_checkpoints, resume)
-        return (cached_pass_trainer if cached else live_pass_trainer)(group, ctx)
-
-    return for_group
+    wandb_project: str | None = None,
+    progress: Callable[[str], None] = print,
+) -> SuiteTrainers:
+    """The ``trainer_for_group`` of :func:`~saelens_gemmascope.training.suite.run_suite` (see
+    :class:`SuiteTrainers`)."""
+    return SuiteTrainers(
+        Path(output_root), data=data, model=model, dataset=dataset, cached=cached, resume=resume,
+        n_checkpoints=n_checkpoints, checkpoint_every_tokens=checkpoint_every_tokens,
+        overrides=dict(overrides or {}), wandb_project=wandb_project, progress=progress,
+    )  # fmt: skip

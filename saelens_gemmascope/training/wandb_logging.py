@@ -22,11 +22,11 @@ logger = logging.getLogger(__name__)
 
 
 def has_wandb_api_key() -> bool:
-    """True when wandb would find an API key (``WANDB_API_KEY`` or a ``~/.netrc`` entry)."""
+    """True when wandb would find an API key (``WANDB_API_KEY`` or a netrc entry: ``$NETRC`` or ``~/.netrc``)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     try:
-        return netrc.netrc().authenticators(WANDB_HOST) is not None
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(WANDB_HOST) is not None
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
 
@@ -89,5 +89,5 @@ def finish_wandb(cfg: Any, run: Any) -> None:
     hint = offline_sync_hint(run)
     wandb.finish()
     if hint is not None:
-        logger.warning(hint)
-        print(hint, file=sys.stderr)
+        logger.info(hint)
+        print(hint, file=sys.stderr)  # after wandb's own output, so it is the last line seen

@@ -1,0 +1,49 @@
+"""A suite run with wandb asked for but no API key: it logs offline, says how to sync, and checkpoints
+at the stated interval."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import datasets
+import pytest
+
+from saelens_gemmascope.models.tiny import TinyGemma2
+from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
+from saelens_gemmascope.training.preset_config import match_presets
+from saelens_gemmascope.training.suite import plan_suite, run_suite
+from saelens_gemmascope.training.suite_training import group_trainers
+
+
+def test_offline_wandb_and_checkpoint_interval(
+    tiny: TinyGemma2,
+    token_data: datasets.Dataset,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (preset,) = match_presets(["tiny-gemma-2/res/layer_0/width_256"])
+    preset = dataclasses.replace(preset, l0_targets=(20.0,), training_tokens=120 * 256)
+    root = tmp_path / "suite"
+    write_record(root, CalibrationRecord(preset.name, 0, [], {20.0: 3e-3}))
+    messages: list[str] = []
+    trainers = group_trainers(
+        root, model=tiny.tl_model, dataset=token_data, wandb_project="gemmascope-test",
+        checkpoint_every_tokens=10_240, progress=messages.append,
+    )  # fmt: skip
+    result = run_suite(plan_suite([preset]), root, trainers, progress=messages.append)
+    assert len(result.saes) == 1
+    # 30,720 tokens, one checkpoint every 10,240: two checkpoints before the end, announced.
+    assert "a checkpoint every 10,240 tokens (2 per pass)" in "\n".join(messages)
+    checkpoints = sorted(
+        int(p.name) for p in (root / "checkpoints" / "group0_pass0").glob("*/*") if p.is_dir()
+    )
+    assert [c // 10_240 for c in checkpoints] == [1, 2]  # SAELens saves at the first step past each mark
+    (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert f"upload it with: wandb sync {offline_run}" in capsys.readouterr().err
