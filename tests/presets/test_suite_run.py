@@ -1,4 +1,9 @@
-"""A suite on the tiny model: calibrated λs, one shared forward pass, export, cached activations.
+"""A suite on the tiny model: calibrated λ ladders, one shared forward pass, export, cached activations.
+
+One suite run covers 2 sites (res, mlp) x 2 layers (1, 2) of ``tiny-gemma-2`` presets, each with its
+ladder of 3 target L0s: 12 SAEs in one group and one pass. The 3-target ladder trained in one pass
+is the "ladder of 3 targets" acceptance item; 3 targets per preset also cover the "2-site x 2-layer
+x 2-target run shares one forward pass" item (a superset of it).
 
 Stated tolerance: each trained SAE's L0 (SAELens's mean over the last 40-step window) lands within
 a factor 1.5 of its target L0.
@@ -17,34 +22,55 @@ import torch
 from sae_lens import SAE
 
 from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.calibration import CalibrationRecord, read_record, write_record
+from saelens_gemmascope.training.calibration import DEFAULT_GRID, CalibrationRecord, read_record, write_record
 from saelens_gemmascope.training.preset_config import match_presets
-from saelens_gemmascope.training.suite import SuiteResult, plan_suite, run_suite
+from saelens_gemmascope.training.presets import TINY_L0_TARGETS
+from saelens_gemmascope.training.suite import SuitePlan, SuiteResult, plan_suite, run_suite
 from saelens_gemmascope.training.suite_training import group_trainers
 
 L0_TOLERANCE = 1.5
-TARGETS = (12.0, 40.0)
-PRESETS = ["tiny-gemma-2/res/layer_1/width_256", "tiny-gemma-2/mlp/layer_2/width_256"]
+#: The tiny presets' own ladder (12, 24, 48): all three reachable by 256-latent SAEs.
+TARGETS = TINY_L0_TARGETS
+PRESETS = [f"tiny-gemma-2/{site}/layer_{layer}/width_256" for site in ("res", "mlp") for layer in (1, 2)]
+N_SAES = len(PRESETS) * len(TARGETS)
+#: The tiny presets' run: 200 steps of 256 tokens; the store reads 8 prompts of 128 tokens per forward.
+TRAINING_TOKENS = 200 * 256
+TOKENS_PER_FORWARD = 8 * 128
 
 
 @dataclasses.dataclass
 class ForwardCounter:
-    """Tokens the language model ran on, per phase of the suite (calibration or training)."""
+    """Tokens and calls of the language model, and calls of each hook point, per phase of the suite."""
 
-    phase: str = "calibration"
+    phase: str = "setup"
     tokens: dict[str, int] = dataclasses.field(default_factory=dict)
     calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    hook_calls: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
     def hook(self, module: Any, args: tuple[Any, ...]) -> None:
         self.tokens[self.phase] = self.tokens.get(self.phase, 0) + args[0].numel()
         self.calls[self.phase] = self.calls.get(self.phase, 0) + 1
 
+    def hook_point(self, name: str) -> Callable[..., None]:
+        """A forward hook for the hook point ``name``: counts the forwards that went through it."""
+
+        def count(module: Any, args: tuple[Any, ...], output: Any) -> None:
+            key = (self.phase, name)
+            self.hook_calls[key] = self.hook_calls.get(key, 0) + 1
+
+        return count
+
     def progress(self, message: str) -> None:
-        self.phase = "training" if "training" in message else "calibration"
+        # Other messages (warnings, export) keep the phase; before "calibrating", the suite's
+        # set-up (a hook-width check) may run the model, which neither phase should count.
+        for phase, marker in (("calibration", "calibrating"), ("training", "training")):
+            if marker in message:
+                self.phase = phase
 
 
 @dataclasses.dataclass
 class SuiteRun:
+    plan: SuitePlan
     result: SuiteResult
     counter: ForwardCounter
     root: Path
@@ -54,40 +80,69 @@ class SuiteRun:
 def suite(
     tiny: TinyGemma2, token_data: datasets.Dataset, tmp_path_factory: pytest.TempPathFactory
 ) -> SuiteRun:
-    presets = [dataclasses.replace(p, l0_targets=TARGETS) for p in match_presets(PRESETS)]
+    presets = match_presets(PRESETS)
+    assert all(p.l0_targets == TARGETS for p in presets)
     plan = plan_suite(presets)
     root = tmp_path_factory.mktemp("suite")
     counter = ForwardCounter()
-    handle = tiny.tl_model.register_forward_pre_hook(counter.hook)
+    model = tiny.tl_model
+    handles = [model.register_forward_pre_hook(counter.hook)]
+    # Plain torch hooks on the hook points: TransformerLens's own hooks (run_with_cache's) come
+    # and go per call, these stay for the whole run.
+    handles += [
+        model.hook_dict[p.hook_name].register_forward_hook(counter.hook_point(p.hook_name)) for p in presets
+    ]
     try:
-        trainers = group_trainers(root, model=tiny.tl_model, dataset=token_data)
+        trainers = group_trainers(root, model=model, dataset=token_data)
         result = run_suite(plan, root, trainers, progress=counter.progress)
     finally:
-        handle.remove()
-    return SuiteRun(result, counter, root)
+        for handle in handles:
+            handle.remove()
+    return SuiteRun(plan, result, counter, root)
 
 
-def test_calibrated_ladder_reaches_its_targets(suite: SuiteRun) -> None:
+def test_the_suite_is_one_group_trained_in_one_pass(suite: SuiteRun) -> None:
+    (group,) = suite.plan.groups
+    (only_pass,) = group.passes
+    assert len(only_pass.rungs) == N_SAES
+    assert only_pass.hooks == sorted(p.hook_name for p in match_presets(PRESETS))
+    assert len(only_pass.hooks) == 4
+
+
+def test_calibrated_ladders_reach_their_targets(suite: SuiteRun) -> None:
     print(suite.result.summary())
-    assert len(suite.result.saes) == 4
+    assert sorted((s.preset, s.target_l0) for s in suite.result.saes) == sorted(
+        (name, t) for name in PRESETS for t in TARGETS
+    )
     for sae in suite.result.saes:
         assert sae.target_l0 / L0_TOLERANCE <= sae.l0 <= sae.target_l0 * L0_TOLERANCE, sae
+    # Each ladder is ordered: a larger target got a smaller λ and a larger L0.
     for name in PRESETS:
-        record = read_record(suite.root, dataclasses.replace(match_presets([name])[0], l0_targets=TARGETS))
-        assert record is not None and len(record.probes) == 4 + 2  # grid, then one refinement per target
+        ladder = sorted((s for s in suite.result.saes if s.preset == name), key=lambda s: s.target_l0)
+        assert [s.l0 for s in ladder] == sorted(s.l0 for s in ladder), ladder
+        assert [s.l0_coefficient for s in ladder] == sorted((s.l0_coefficient for s in ladder), reverse=True)
+        record = read_record(suite.root, match_presets([name])[0])
+        # The grid, then one refinement probe per target.
+        assert record is not None and len(record.probes) == len(DEFAULT_GRID) + len(TARGETS)
 
 
-def test_one_forward_pass_per_batch_feeds_all_four_saes(suite: SuiteRun) -> None:
-    training_tokens = 200 * 256
+def test_one_forward_pass_per_batch_feeds_all_twelve_saes(suite: SuiteRun) -> None:
     lm_tokens = suite.counter.tokens["training"]
+    calls = suite.counter.calls["training"]
     # The model ran on the training tokens once (plus the norm estimate and the buffer's slack),
-    # not once per SAE: four separate runs would need at least 4x.
-    assert training_tokens <= lm_tokens <= 1.3 * training_tokens
-    assert suite.counter.calls["training"] * 8 * 128 == lm_tokens  # 8 prompts of 128 tokens per forward
-    # Each forward gives 1,024 tokens, i.e. four 256-token batches for each of the four SAEs.
-    assert suite.counter.calls["training"] <= 1.3 * 200 / 4
-    # Calibration: two rounds (8 grid probes, then 4 refinement probes), one shared pass each.
-    assert suite.counter.calls["calibration"] == 2 * suite.counter.calls["training"]
+    # not once per SAE: twelve separate runs would read at least N_SAES * TRAINING_TOKENS (12x),
+    # one run per hook point 4x; the bound below fails for either.
+    assert TRAINING_TOKENS <= lm_tokens <= 1.3 * TRAINING_TOKENS
+    assert calls * TOKENS_PER_FORWARD == lm_tokens
+    assert calls <= 1.3 * TRAINING_TOKENS / TOKENS_PER_FORWARD
+    # Every one of the four hook points was fed by those same calls, each exactly once per call.
+    for preset in match_presets(PRESETS):
+        assert suite.counter.hook_calls[("training", preset.hook_name)] == calls, preset.hook_name
+    # Calibration: two rounds (16 grid probes, then 12 refinement probes), one shared pass each,
+    # each as long as the training run.
+    assert suite.counter.calls["calibration"] == 2 * calls
+    for preset in match_presets(PRESETS):
+        assert suite.counter.hook_calls[("calibration", preset.hook_name)] == 2 * calls
 
 
 def test_trained_saes_are_saved_exported_and_registered(suite: SuiteRun, tiny: TinyGemma2) -> None:
