@@ -1,30 +1,73 @@
-"""SAELens's two training runners, driving the recipe's trainers.
+"""SAELens's two training runners, driving the recipe's trainers, with exact resume.
 
 Both SAELens runners build their trainer inline in ``run()`` (no factory argument or method), so
-these subclasses override ``run()`` with the same sequence (metadata, wandb (offline when unreachable: training.wandb_logging), data provider,
-resume, train with interruption handling, final save) and only the trainer class changed. Model
-and activation-store set-up, evaluators, checkpoint files and final saving are SAELens's.
+these subclasses override ``run()`` with the same sequence (metadata, wandb (offline when
+unreachable: training.wandb_logging), data provider, resume, train with interruption handling,
+final save) and change two things: the trainer class, and the data provider, which is
+:class:`~saelens_gemmascope.training.resumable_stream.ResumableActivationStream` instead of
+SAELens's mixing-buffer iterator, so that each checkpoint also saves the stream's exact position
+and ``resume_from_checkpoint`` continues with the very batches an uninterrupted run would have
+trained on. A checkpoint without that position (SAELens's own runners write none) still resumes,
+with SAELens's approximate data position and a warning. Model and activation-store set-up,
+evaluators, checkpoint files and final saving are SAELens's.
 The trainer of the last ``run()`` stays reachable as ``runner.trainer``.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sae_lens import logger
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
-from sae_lens.training.prefetch import PrefetchingIterator
-from sae_lens.training.types import DataProvider, MultiHookDataProvider
+from sae_lens.training.activations_store import ActivationsStore
 
+from saelens_gemmascope.training.resumable_stream import (
+    STREAM_STATE_FILENAME,
+    PositionTracker,
+    PrefetchingPositionTracker,
+    ResumableActivationStream,
+    restore_stream,
+    tracked_batches,
+)
 from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
 from saelens_gemmascope.training.wandb_logging import finish_wandb, start_wandb
 
+Batches = PositionTracker | PrefetchingPositionTracker
 
-def _prefetch_size(setting: bool | int) -> int:
-    # bool is an int subclass, so True must be read as "queue of one", not 1 by accident of type.
-    return 1 if isinstance(setting, bool) else setting
+
+def _open_stream(
+    store: ActivationsStore, cfg: Any, single_hook: str | None = None
+) -> tuple[ResumableActivationStream, bool]:
+    """The stream, at the resume checkpoint's position if there is one; and whether that position
+    is exact (False: the store was fast-forwarded by SAELens's own, approximate, resume)."""
+    stream = ResumableActivationStream.for_store(store, seed=cfg.seed, single_hook=single_hook)
+    checkpoint = cfg.resume_from_checkpoint
+    if checkpoint is None or restore_stream(stream, checkpoint):
+        return stream, True
+    logger.warning(
+        f"{checkpoint} has no {STREAM_STATE_FILENAME}: resuming from SAELens's approximate data "
+        "position (the activations buffered at the checkpoint are skipped, the shuffles differ), so "
+        "the result will not match an uninterrupted run"
+    )
+    # Before any prefetch thread starts drawing from the store.
+    store.load_from_checkpoint(checkpoint)
+    return stream, False
+
+
+def _save_stream_position(batches: Batches | None, exact: bool, checkpoint_path: Path | None) -> None:
+    # Written last (and atomically), so its presence marks a complete checkpoint. A run resumed
+    # without an exact position writes none: a later resume then warns again instead of
+    # replaying a stream that did not start where this one did.
+    if checkpoint_path is not None and batches is not None and exact:
+        batches.position.save(Path(checkpoint_path) / STREAM_STATE_FILENAME)
+
+
+def _close(batches: Batches | None) -> None:
+    if isinstance(batches, PrefetchingPositionTracker):
+        batches.close()
 
 
 class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
@@ -35,20 +78,20 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
     """
 
     trainer: GemmaScopeSAETrainer | None = None
+    _batches: Batches | None = None
+    _exact_position: bool = True
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
         wandb_run = start_wandb(self.cfg)
-        data_provider: DataProvider = self.activations_store
-        if self.cfg.prefetch_llm_batches:
-            data_provider = PrefetchingIterator(
-                iter(self.activations_store), prefetch=_prefetch_size(self.cfg.prefetch_llm_batches)
-            )
+        hook = self.cfg.hook_name
+        stream, self._exact_position = _open_stream(self.activations_store, self.cfg, single_hook=hook)
+        self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches, select=hook)
         try:
             trainer = GemmaScopeSAETrainer(
                 cfg=self.cfg.to_sae_trainer_config(),
                 sae=self.sae,
-                data_provider=data_provider,
+                data_provider=self._batches,
                 evaluator=self.evaluator,
                 save_checkpoint_fn=self.save_checkpoint,
             )
@@ -57,7 +100,6 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
                 logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
                 trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
                 self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
-                self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
             self._compile_sae_if_needed()
             sae = self.run_trainer_with_interruption_handling(trainer)
             if self.cfg.output_path is not None:
@@ -69,8 +111,11 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
             finish_wandb(self.cfg, wandb_run)
             return sae
         finally:
-            if isinstance(data_provider, PrefetchingIterator):
-                data_provider.close()
+            _close(self._batches)
+
+    def save_checkpoint(self, checkpoint_path: Path | None) -> None:
+        super().save_checkpoint(checkpoint_path)
+        _save_stream_position(self._batches, self._exact_position, checkpoint_path)
 
 
 class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
@@ -79,21 +124,20 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
     :func:`saelens_gemmascope.training.gemmascope_multi_runner_config`."""
 
     trainer: GemmaScopeMultiSAETrainer | None = None
+    _batches: Batches | None = None
+    _exact_position: bool = True
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()
         wandb_run = start_wandb(self.cfg)
-        data_provider: MultiHookDataProvider = self.activations_store.get_multi_hook_data_loader()
-        if self.cfg.prefetch_llm_batches:
-            data_provider = PrefetchingIterator(
-                data_provider, prefetch=_prefetch_size(self.cfg.prefetch_llm_batches)
-            )
+        stream, self._exact_position = _open_stream(self.activations_store, self.cfg)
+        self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches)
         try:
             trainer = GemmaScopeMultiSAETrainer(
                 cfg=self.cfg.to_sae_trainer_config(),
                 saes=self.saes,
                 hook_names=self.cfg.hook_names_per_sae,
-                data_provider=data_provider,
+                data_provider=self._batches,
                 evaluator=self.evaluator,
                 save_checkpoint_fn=self._save_runner_checkpoint_files,
             )
@@ -101,12 +145,14 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
             if self.cfg.resume_from_checkpoint is not None:
                 logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
                 trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
-                self.activations_store.load_from_checkpoint(self.cfg.resume_from_checkpoint)
             saes = self._run_with_interruption_handling(trainer)
             if self.cfg.output_path is not None:
                 self._save_final_outputs(saes, trainer)
             finish_wandb(self.cfg, wandb_run)
             return saes
         finally:
-            if isinstance(data_provider, PrefetchingIterator):
-                data_provider.close()
+            _close(self._batches)
+
+    def _save_runner_checkpoint_files(self, checkpoint_path: Path | None) -> None:
+        super()._save_runner_checkpoint_files(checkpoint_path)
+        _save_stream_position(self._batches, self._exact_position, checkpoint_path)

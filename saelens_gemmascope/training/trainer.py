@@ -15,6 +15,7 @@ saves and restores it with every checkpoint and, after training, hands it to the
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,6 +69,12 @@ def build_recipe_lr_scheduler(
             "Set the SAE's lr_warm_up_shape='linear' to use SAELens's schedulers instead."
         )
     return cosine_warm_up_scheduler(optimizer, cfg.lr_warm_up_steps, recipe.lr_warm_up_start_fraction)
+
+
+def pending_thresholds(thresholds: list[int], n_training_samples: int) -> list[int]:
+    """The checkpoint thresholds a run resumed at ``n_training_samples`` has still to reach
+    (SAELens keeps them all, so a resumed run would re-save the checkpoint it started from)."""
+    return [t for t in thresholds if t >= n_training_samples]
 
 
 class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
@@ -136,6 +143,14 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         for scheduler in self.coefficient_schedulers.values():
             scheduler.step()
         return output
+
+    def load_trainer_state(self, checkpoint_path: Path | str) -> None:
+        super().load_trainer_state(checkpoint_path)
+        # SAELens saves the step counter before counting the step just taken (its periodic
+        # checkpoints), which would leave a resumed run one step behind for good; every step takes
+        # one full batch, so the samples give the completed steps.
+        self.n_training_steps = self.n_training_samples // self.cfg.train_batch_size_samples
+        self.checkpoint_thresholds = pending_thresholds(self.checkpoint_thresholds, self.n_training_samples)
 
     @torch.no_grad()
     def _update_pbar(self, step_output: TrainStepOutput, pbar: Any, update_interval: int = 100) -> None:
@@ -208,6 +223,10 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
             assert trainer.recipe is not None
             scaled = trainer.recipe.input_scaling == "unit_mean_squared_norm"
             trainer.activation_scaler.scaling_factor = 1.0 / scales[self.hook_names[name]] if scaled else 1.0
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        super().load_checkpoint(path)
+        self.checkpoint_thresholds = pending_thresholds(self.checkpoint_thresholds, self.n_training_samples)
 
     def fit(self) -> dict[str, TrainingSAE[Any]]:
         self.ensure_input_scales()
