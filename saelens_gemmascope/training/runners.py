@@ -15,9 +15,12 @@ The trainer of the last ``run()`` stays reachable as ``runner.trainer``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import torch
 from sae_lens import logger
 from sae_lens.llm_sae_training_runner import LanguageModelSAETrainingRunner
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
@@ -65,6 +68,19 @@ def _save_stream_position(batches: Batches | None, exact: bool, checkpoint_path:
         batches.position.save(Path(checkpoint_path) / STREAM_STATE_FILENAME)
 
 
+@contextmanager
+def seeded_sae_creation(seed: int) -> Iterator[None]:
+    """Seed what runs inside (SAELens's runner set-up, which creates the SAEs) with ``seed``.
+
+    SAELens creates the SAEs with torch's global generator and never seeds it, so two runs of one
+    config would start from different weights. The caller's global RNG state is left as it was.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _close(batches: Batches | None) -> None:
     if isinstance(batches, PrefetchingPositionTracker):
         batches.close()
@@ -80,6 +96,16 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
     trainer: GemmaScopeSAETrainer | None = None
     _batches: Batches | None = None
     _exact_position: bool = True
+
+    def __init__(
+        self,
+        cfg: Any,
+        override_dataset: Any = None,
+        override_model: Any = None,
+        override_sae: TrainingSAE[Any] | None = None,
+    ) -> None:
+        with seeded_sae_creation(cfg.seed):
+            super().__init__(cfg, override_dataset, override_model, override_sae)
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
@@ -126,6 +152,16 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
     trainer: GemmaScopeMultiSAETrainer | None = None
     _batches: Batches | None = None
     _exact_position: bool = True
+
+    def __init__(
+        self,
+        cfg: Any,
+        override_dataset: Any = None,
+        override_model: Any = None,
+        override_saes: dict[str, TrainingSAE[Any]] | None = None,
+    ) -> None:
+        with seeded_sae_creation(cfg.seed):
+            super().__init__(cfg, override_dataset, override_model, override_saes)
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()

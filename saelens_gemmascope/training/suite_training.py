@@ -2,8 +2,9 @@
 
 Both build SAELens configs with :mod:`saelens_gemmascope.training.preset_config` and run this
 package's SAELens runner subclasses; checkpoints go to ``<root>/checkpoints/<pass>/`` and a
-``resume`` run continues each pass from its latest checkpoint (SAELens restores SAE weights,
-optimiser, schedules, the input scale and the activation store's position).
+``resume`` run continues each pass from its latest complete checkpoint (SAELens restores SAE
+weights, optimiser, schedules and the input scale; :mod:`~saelens_gemmascope.training.resumable_stream`
+the exact data position, so the result equals an uninterrupted run's).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sae_lens.saes.sae import SAE
 from saelens_gemmascope.training.activation_cache import cache_activations, caches_to_write
 from saelens_gemmascope.training.checks import CacheEstimate, check_disk_space, check_hook_widths
 from saelens_gemmascope.training.preset_config import PresetSAE, multi_config_for, training_config
+from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
 from saelens_gemmascope.training.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
 from saelens_gemmascope.training.suite import PassTrainer, SuiteGroup, SuitePlan
 
@@ -47,13 +49,25 @@ class TrainingContext:
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    """The checkpoint with the most training tokens under ``folder`` (any run id below it)."""
-    found = [
-        (int(m.group(1)), path)
-        for path in folder.glob("*/*")
-        if path.is_dir() and (m := _CHECKPOINT_NAME.match(path.name))
-    ]
-    return max(found)[1] if found else None
+    """The newest complete checkpoint under ``folder`` (any run id below it).
+
+    Our runners write the stream position last, so a folder holding it is complete; a kill during
+    a checkpoint write leaves a newer folder without it, which is skipped. Checkpoints written by
+    SAELens's own runners have no position: the newest of those that has its ``runner_cfg.json``.
+    """
+    found = sorted(
+        (
+            (int(m.group(1)), path)
+            for path in folder.glob("*/*")
+            if path.is_dir() and (m := _CHECKPOINT_NAME.match(path.name))
+        ),
+        reverse=True,
+    )
+    for marker in (STREAM_STATE_FILENAME, "runner_cfg.json"):
+        complete = [path for _, path in found if (path / marker).is_file()]
+        if complete:
+            return complete[0]
+    return None
 
 
 def _run_settings(ctx: TrainingContext, pass_id: str | None, output: Path | None) -> dict[str, Any]:

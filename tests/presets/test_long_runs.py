@@ -47,3 +47,26 @@ def test_offline_wandb_and_checkpoint_interval(
     assert [c // 10_240 for c in checkpoints] == [1, 2]  # SAELens saves at the first step past each mark
     (offline_run,) = (tmp_path / "wandb").glob("offline-run-*")
     assert f"upload it with: wandb sync {offline_run}" in capsys.readouterr().err
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
+    from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
+    from saelens_gemmascope.training.suite_training import latest_checkpoint
+
+    def checkpoint(name: str, *files: str) -> Path:
+        path = tmp_path / "ours" / "run" / name
+        path.mkdir(parents=True)
+        for file in files:
+            (path / file).write_text("x")
+        return path
+
+    done = checkpoint("1024", "runner_cfg.json", STREAM_STATE_FILENAME)
+    checkpoint("2048", "runner_cfg.json")  # killed while writing: no stream position yet
+    checkpoint("final_4096")  # killed before anything was written
+    assert latest_checkpoint(tmp_path / "ours") == done
+    # SAELens's own runners write no stream position: their newest checkpoint with its config.
+    for name in ("1024", "2048"):
+        (tmp_path / "saelens" / "run" / name).mkdir(parents=True)
+        (tmp_path / "saelens" / "run" / name / "runner_cfg.json").write_text("{}")
+    assert latest_checkpoint(tmp_path / "saelens") == tmp_path / "saelens" / "run" / "2048"
+    assert latest_checkpoint(tmp_path / "empty") is None
