@@ -24,6 +24,8 @@ def update_progress_bar(
     pbar: Any, *, step: int, samples_done: int, losses: Mapping[str, float], n_saes: int = 1
 ) -> None:
     """Show ``samples_done`` (tokens) out of the bar's total, tokens/s, ETA and a short loss line."""
+    if getattr(pbar, "disable", False):
+        return  # a disabled bar (TQDM_DISABLE=1, disable=True) has no display attributes at all
     if pbar.unit != "tok":
         # First update of this bar: count tokens, with k/M/G prefixes, from where a resumed run is.
         pbar.unit = "tok"

@@ -38,6 +38,12 @@ def test_a_resumed_run_starts_the_bar_at_its_position() -> None:
     assert bar.initial == 600_000 and bar.n == 600_000
 
 
+def test_a_disabled_bar_is_left_alone() -> None:
+    bar = tqdm(total=1000, disable=True)
+    update_progress_bar(bar, step=100, samples_done=500, losses={"loss": 1.0})  # no AttributeError
+    assert bar.n == 0
+
+
 def test_step_losses_reads_tensors_and_callables() -> None:
     output = SimpleNamespace(
         loss=torch.tensor(1.5), losses={"mse_loss": torch.tensor(1.0), "l0_loss": lambda: 0.5}
