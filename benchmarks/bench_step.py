@@ -7,10 +7,9 @@ trainer's public per-batch seam ``SAETrainer.step`` (what ``fit()`` calls, minus
 * (a) ``saelens`` (the baseline; every ratio is against it): SAELens's ``JumpReLUTrainingSAE``
   stepped by SAELens's ``SAETrainer``.
 * (b) ``recipe-dense``: ``jumprelu_gemmascope`` stepped by ``GemmaScopeSAETrainer`` with
-  ``fast_path="dense"`` (the config's default path where it has no ``fast_path`` field).
-* (c) ``recipe-sparse`` and (d) ``recipe-auto``: the same with ``fast_path="sparse"``/``"auto"``
-  ("fast path: not available" where the config has no such field). The "path" column says
-  which path the last step took (``last_step_path``).
+  ``fast_path="dense"``, the reference path.
+* (c) ``recipe-sparse`` and (d) ``recipe-auto``: the same with ``fast_path="sparse"``/``"auto"``.
+  The "path" column says which path the last step took (``last_step_path``).
 
 Equal numerics: every method starts from the same weights (SAELens's init with unit decoder rows,
 b_dec at the data mean, copied into each SAE), steps on the same fixed synthetic batches (iid
@@ -41,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import gc
 import itertools
 import math
@@ -78,7 +76,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 import saelens_gemmascope  # noqa: F401  (registers jumprelu_gemmascope)
 from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
 
 # Shared by every method so that only the implementation differs (the recipe's values but η).
 # η is tiny so that the weights, and with them L0, stay where they were set while the steps are
@@ -93,18 +91,10 @@ BANDWIDTH = 1e-3
 ADAM_BYTES_PER_PARAM = 7 * 4
 
 
-def fast_path_available() -> bool:
-    return "fast_path" in {f.name for f in dataclasses.fields(GemmaScopeTrainingSAEConfig)}
-
-
 @dataclass(frozen=True)
 class Method:
     label: str
     fast_path: str | None  # None: SAELens's SAE and trainer
-
-    @property
-    def available(self) -> bool:
-        return self.fast_path in (None, "dense") or fast_path_available()
 
 
 METHODS = (
@@ -299,11 +289,10 @@ def build_trainer(
         saelens_sae = JumpReLUTrainingSAE(saelens_sae_config(d_in, d_sae, setup.device))
         saelens_sae.load_state_dict(state)
         return SAETrainer(cfg=cfg, sae=saelens_sae, data_provider=data)
-    extra = {"fast_path": method.fast_path} if fast_path_available() else {}
     sae = GemmaScopeTrainingSAE(
         gemmascope_sae_config(
             d_in, d_sae, L0_COEFFICIENT, l0_warm_up_steps=0, jumprelu_bandwidth=BANDWIDTH,
-            device=setup.device, **extra,
+            device=setup.device, fast_path=method.fast_path,
         )
     )  # fmt: skip
     sae.load_state_dict(state)
@@ -401,9 +390,6 @@ def run_steps(args: argparse.Namespace, setup: Setup) -> None:
         )
         baseline: float | None = None
         for method in METHODS:
-            if not method.available:
-                print(f"{method.label:<18} fast path: not available")
-                continue
             r = time_method(method, state, batches, setup, args.warm_up, args.steps)
             steps_per_s = 1.0 / r.seconds
             baseline = baseline or steps_per_s
@@ -503,9 +489,6 @@ def run_pipeline(args: argparse.Namespace, setup: Setup) -> None:
         f"{'tokens/s/SAE':>13} {'tokens/s all':>13}"
     )
     for method in METHODS:
-        if not method.available:
-            print(f"{method.label:<18} fast path: not available")
-            continue
         for n_saes in (1, args.pipeline_ladder):
             trainers = [build_trainer(method, state, args.batch, setup, iter(())) for _ in range(n_saes)]
             r = time_pipeline(trainers, bench, tokens, args.batch, args.pipeline_forwards, setup.device)
@@ -573,9 +556,6 @@ def main() -> None:
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
     setup = Setup(device=args.device, precision=args.precision, l0=args.l0)
     print(f"device {describe_device(args.device)}, precision {args.precision}, torch {torch.__version__}")
-    print(
-        f"fast path: {'available' if fast_path_available() else 'not available'} (GemmaScopeTrainingSAEConfig.fast_path)"
-    )
     print(f"all methods: η {LR:g}, Adam β {BETAS}, λ {L0_COEFFICIENT:g}, ε {BANDWIDTH:g}; ratios vs (a)")
     run_steps(args, setup)
     if args.pipeline:

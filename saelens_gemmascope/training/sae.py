@@ -29,12 +29,21 @@ from sae_lens.saes.sae import (
 from torch import nn
 
 from saelens_gemmascope.training.estimators import jumprelu, step
+from saelens_gemmascope.training.sparse_step import (
+    SPARSE_DTYPES,
+    candidate_mask,
+    prefers_sparse,
+    select_entries,
+    sparse_jumprelu_step,
+)
 
 ARCHITECTURE_NAME = "jumprelu_gemmascope"
 
 ThresholdParametrisation = Literal["direct", "log"]
 InputScaling = Literal["unit_mean_squared_norm", "none"]
 LrWarmUpShape = Literal["cosine", "linear"]
+FastPath = Literal["auto", "dense", "sparse"]
+StepPath = Literal["dense", "sparse"]
 
 
 @dataclass
@@ -63,6 +72,17 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
         lr_warm_up_start_fraction: where the cosine warm-up starts, as a fraction of η (recipe: 0.1).
         adam_eps: Adam's epsilon (recipe: 1e-8). Betas come from the runner config.
         max_grad_norm: clip the gradient to this global norm; ``None`` (recipe) never clips.
+        fast_path: how a training step computes what follows the encoder's dense product (a speed
+            setting; the saved SAE's metadata records it, inference ignores it). ``"dense"``: dense tensors throughout, the
+            reference. ``"sparse"``: only the entries that fire or sit inside the estimators'
+            window (:mod:`~saelens_gemmascope.training.sparse_step`); the same numbers up to
+            floating-point summation order, several times faster once few latents fire.
+            ``"auto"``: per step, sparse while the fraction of such entries in the batch is at most
+            the device's cut-off in ``sparse_step.SPARSE_DENSITY_CUTOFF`` (CPU 0.2, measured; CUDA
+            0.02, an unmeasured guess; other devices dense), else dense: early in training,
+            θ = 0.001 makes about half the latents fire. The sparse path needs float32/float64
+            parameters (bf16 through autocast is fine), no hooks on the SAE's hook points and an
+            input without gradient; ``"auto"`` falls back to dense otherwise, ``"sparse"`` raises.
     """
 
     decoder_init_norm: float | None = 1.0
@@ -77,6 +97,7 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
     lr_warm_up_start_fraction: float = 0.1
     adam_eps: float = 1e-8
     max_grad_norm: float | None = None
+    fast_path: FastPath = "auto"
 
     @classmethod
     def architecture(cls) -> str:
@@ -97,6 +118,8 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError("jumprelu_bandwidth must be > 0")
         if not 0.0 < self.lr_warm_up_start_fraction <= 1.0:
             raise ValueError("lr_warm_up_start_fraction must be in (0, 1]")
+        if self.fast_path not in ("auto", "dense", "sparse"):
+            raise ValueError(f"fast_path must be 'auto', 'dense' or 'sparse', got {self.fast_path!r}")
 
 
 class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
@@ -108,6 +131,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         super().__init__(cfg, use_error_term)
         # Set by the recipe's trainer; without it nobody calls the step hooks (see training_forward_pass).
         self.recipe_trainer_attached = False
+        # Which path the last training step took (diagnostics, benchmarks, tests).
+        self.last_step_path: StepPath | None = None
 
     # -- parameters ------------------------------------------------------------------------------
 
@@ -150,7 +175,11 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
     ) -> dict[str, torch.Tensor]:
         threshold = self.threshold_values.to(hidden_pre.dtype)
         l0 = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
-        return {"l0_loss": (step_input.coefficients["l0"] * l0).mean()}
+        return {"l0_loss": self._l0_loss(step_input, l0)}
+
+    @staticmethod
+    def _l0_loss(step_input: TrainStepInput, l0_per_row: torch.Tensor) -> torch.Tensor:
+        return (step_input.coefficients["l0"] * l0_per_row).mean()
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         # SAELens's CoefficientScheduler gives λ·n/W at step n: linear from 0, as the recipe says.
@@ -168,7 +197,76 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
                 "saelens_gemmascope.training.GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner.",
                 stacklevel=2,
             )
-        return super().training_forward_pass(step_input)
+        if self.cfg.fast_path == "dense":
+            self.last_step_path = "dense"
+            return super().training_forward_pass(step_input)
+        return self._training_forward_pass_choosing_path(step_input)
+
+    def _sparse_path_blocker(self, sae_in: torch.Tensor) -> str | None:
+        """Why this step cannot take the sparse path, or ``None`` when it can."""
+        if sae_in.requires_grad:
+            return "the input requires a gradient, which the sparse path does not compute"
+        if self.W_enc.dtype not in SPARSE_DTYPES:
+            return f"the parameters are {self.W_enc.dtype}; it needs float32 or float64 (autocast for bf16)"
+        if any(hook.fwd_hooks or hook.bwd_hooks for hook in self.hook_dict.values()):
+            return "hooks are attached to the SAE; the sparse path skips the hook points after the encoder"
+        return None
+
+    def _training_forward_pass_choosing_path(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """The step with ``fast_path`` ``"auto"`` or ``"sparse"``: the dense encoder product, then the
+        dense or the sparse rest (see :class:`GemmaScopeTrainingSAEConfig`)."""
+        blocker = self._sparse_path_blocker(step_input.sae_in)
+        if blocker is not None and self.cfg.fast_path == "sparse":
+            raise ValueError(f"fast_path='sparse' cannot run this step: {blocker}")
+        eps = self.cfg.jumprelu_bandwidth
+        # The encoder exactly as encode_with_hidden_pre computes it (autocast included). Its graph
+        # is only walked by the dense rest; the sparse rest computes the encoder's gradients itself.
+        sae_in = self.process_sae_in(step_input.sae_in)
+        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        entries = None
+        if blocker is None:
+            with torch.no_grad():
+                flat_pre = hidden_pre.detach().reshape(-1, self.cfg.d_sae)
+                candidates = candidate_mask(flat_pre, threshold.detach(), eps)
+                density = int(torch.count_nonzero(candidates)) / max(candidates.numel(), 1)
+                if self.cfg.fast_path == "sparse" or prefers_sparse(density, flat_pre.device):
+                    entries = select_entries(flat_pre, threshold.detach(), eps, candidates)
+        if entries is None:
+            self.last_step_path = "dense"
+            feature_acts = self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, eps))
+            sae_out = self.decode(feature_acts)
+            l0_per_row = step(hidden_pre, threshold, eps).sum(dim=-1)
+            return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row)
+        self.last_step_path = "sparse"
+        pre_encoder_bias = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        decoded, l0_per_row = sparse_jumprelu_step(
+            sae_in.reshape(-1, self.cfg.d_in), self.W_enc, self.b_enc, self.W_dec, threshold,
+            pre_encoder_bias, entries, eps,
+        )  # fmt: skip
+        leading = hidden_pre.shape[:-1]
+        # decode()'s b_dec; its hooks are idle (checked above) and normalize_activations is "none".
+        sae_out = decoded.reshape(*leading, self.cfg.d_in) + self.b_dec
+        with torch.no_grad():
+            feature_acts = entries.feature_acts().reshape(hidden_pre.shape)
+        return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading))
+
+    def _step_output(
+        self,
+        step_input: TrainStepInput,
+        sae_out: torch.Tensor,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        l0_per_row: torch.Tensor,
+    ) -> TrainStepOutput:
+        # The losses as SAELens's TrainingSAE.training_forward_pass forms them (it has no seam
+        # for a forward pass that yields the L0 itself): MSE summed over d_in, mean over rows.
+        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        l0_loss = self._l0_loss(step_input, l0_per_row)
+        return TrainStepOutput(
+            sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            loss=mse_loss + l0_loss, losses={"mse_loss": mse_loss, "l0_loss": l0_loss},
+        )  # fmt: skip
 
     # -- the step hooks the recipe's trainer calls -----------------------------------------------
 
@@ -177,9 +275,12 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         """Remove from each decoder row's gradient its component parallel to that row."""
         if not self.cfg.unit_norm_decoder or self.W_dec.grad is None:
             return
-        rows = self.W_dec / self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12)
-        grad = self.W_dec.grad
-        grad -= (grad * rows).sum(dim=-1, keepdim=True) * rows
+        # grad -= (grad·w / ‖w‖²)·w per row, with one decoder-sized temporary instead of four (it
+        # runs every step on the whole decoder).
+        W_dec, grad = self.W_dec, self.W_dec.grad
+        squared_norms = torch.linalg.vector_norm(W_dec, dim=-1).square().clamp(min=1e-24)
+        parallel = torch.linalg.vecdot(grad, W_dec) / squared_norms
+        grad.addcmul_(W_dec, parallel.unsqueeze(-1), value=-1.0)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:

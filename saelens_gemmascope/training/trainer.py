@@ -42,8 +42,21 @@ def recipe_of(sae: TrainingSAE[Any]) -> GemmaScopeTrainingSAEConfig | None:
 def build_recipe_optimizer(
     sae: TrainingSAE[Any], cfg: SAETrainerConfig, recipe: GemmaScopeTrainingSAEConfig
 ) -> Adam:
-    """Adam with the runner's η and betas and the recipe's epsilon."""
-    return Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=recipe.adam_eps)
+    """Adam with the runner's η and betas and the recipe's epsilon.
+
+    PyTorch's fused implementation where the parameters' device and dtype have one: the same
+    update, up to rounding, in one kernel per parameter instead of about ten passes over memory
+    (measured: 2 x 37.7M fp32 parameters on a 2-core CPU, 371 ms per step for the default
+    implementation, 45 ms fused; ``benchmarks/bench_step.py``). Elsewhere the default one.
+    """
+    params = list(sae.parameters())
+    settings: dict[str, Any] = {
+        "lr": cfg.lr, "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": recipe.adam_eps,
+    }  # fmt: skip
+    try:
+        return Adam(params, fused=True, **settings)
+    except RuntimeError:  # a device or dtype without a fused kernel
+        return Adam(params, **settings)
 
 
 def build_recipe_lr_scheduler(

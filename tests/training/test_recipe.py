@@ -13,6 +13,7 @@ from sae_lens.config import SAETrainerConfig
 from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
 from saelens_gemmascope.training.config import RECIPE_RUNNER_DEFAULTS
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.training.trainer import build_recipe_lr_scheduler
 
 D_IN, D_SAE, BATCH = 16, 32, 64
 
@@ -113,6 +114,40 @@ def test_adam_betas_and_eps() -> None:
     (group,) = trainer.optimizer.param_groups
     assert group["betas"] == (0.0, 0.999) and group["eps"] == 1e-8
     assert {id(p) for p in group["params"]} == {id(p) for p in trainer.sae.parameters()}
+
+
+def test_adam_is_fused_where_pytorch_has_a_kernel_and_updates_like_the_default_one() -> None:
+    fused = make_trainer(steps=5, lr=1e-2)
+    assert fused.optimizer.defaults["fused"] is True  # float32 on the CPU has a fused kernel
+    default = make_trainer(steps=5, lr=1e-2)
+    # The same trainer on the textbook Adam loop, with its warm-up schedule rebuilt on it.
+    default.optimizer = torch.optim.Adam(default.sae.parameters(), lr=1e-2, betas=(0.0, 0.999), eps=1e-8)
+    default.lr_scheduler = build_recipe_lr_scheduler(default.optimizer, default.cfg, default.recipe)
+    for trainer in (fused, default):
+        trainer.ensure_input_scale()
+        for _ in range(5):
+            trainer.step(next(trainer.data_provider))
+    for (name, got), (_, expected) in zip(
+        fused.sae.named_parameters(), default.sae.named_parameters(), strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_adam_falls_back_to_the_default_implementation_without_a_fused_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_adam = torch.optim.Adam
+
+    def adam_without_fused_kernels(params: Any, **kwargs: Any) -> torch.optim.Adam:
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors")
+        return real_adam(params, **kwargs)
+
+    monkeypatch.setattr("saelens_gemmascope.training.trainer.Adam", adam_without_fused_kernels)
+    trainer = make_trainer()
+    assert not trainer.optimizer.defaults["fused"]
+    (group,) = trainer.optimizer.param_groups
+    assert group["betas"] == (0.0, 0.999) and group["eps"] == 1e-8
 
 
 def _step_schedules(trainer: GemmaScopeSAETrainer, checkpoints: list[int]) -> dict[int, tuple[float, float]]:
