@@ -78,7 +78,7 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             window (:mod:`~saelens_gemmascope.training.sparse_step`); the same numbers up to
             floating-point summation order, several times faster once few latents fire.
             ``"auto"``: per step, sparse while the fraction of such entries in the batch is at most
-            the device's cut-off in ``sparse_step.SPARSE_DENSITY_CUTOFF`` (CPU 0.2, measured;
+            the device's cut-off in ``sparse_step.SPARSE_DENSITY_CUTOFF`` (CPU 0.08, measured;
             CUDA and other devices: dense until measured there), else dense: early in training,
             θ = 0.001 makes about half the latents fire. The sparse path needs float32/float64
             parameters (bf16 through autocast is fine), no hooks on the SAE's hook points and an
