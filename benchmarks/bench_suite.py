@@ -280,6 +280,10 @@ def main() -> None:
         f"\n{'N':>3} {'mode':<9} {'runs':>4} {'wall s':>8} {'LM fwds':>8} {'LM tokens':>10} "
         f"{'tok/SAE':>8} {'tok/s total':>12} {'tok/s/SAE':>10} {'mean L0':>8}"
     )
+    # One untimed run of each kind first: the first run of a process pays one-off costs (lazy
+    # imports, kernel and allocator warm-up) that would otherwise all land on N = 1.
+    for run in (run_shared, run_separate):
+        run(1, bench, dataset, sizes, tokens, args)
     summary = []
     for n in ns:
         results = {}
