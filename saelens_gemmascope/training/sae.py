@@ -31,10 +31,10 @@ from torch import nn
 from saelens_gemmascope.training.estimators import jumprelu, step
 from saelens_gemmascope.training.sparse_step import (
     SPARSE_DTYPES,
+    SparseJumpReLUStep,
     candidate_mask,
     prefers_sparse,
     select_entries,
-    sparse_jumprelu_step,
 )
 
 ARCHITECTURE_NAME = "jumprelu_gemmascope"
@@ -73,8 +73,8 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
         adam_eps: Adam's epsilon (recipe: 1e-8). Betas come from the runner config.
         max_grad_norm: clip the gradient to this global norm; ``None`` (recipe) never clips.
         fast_path: how a training step computes what follows the encoder's dense product (a speed
-            setting; the saved SAE's metadata records it, inference ignores it). ``"dense"``: dense tensors throughout, the
-            reference. ``"sparse"``: only the entries that fire or sit inside the estimators'
+            setting; the saved SAE's metadata records it, inference ignores it). ``"dense"``: dense
+            tensors throughout, the reference. ``"sparse"``: only the entries that fire or sit inside the estimators'
             window (:mod:`~saelens_gemmascope.training.sparse_step`); the same numbers up to
             floating-point summation order, several times faster once few latents fire.
             ``"auto"``: per step, sparse while the fraction of such entries in the batch is at most
@@ -159,12 +159,18 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
     # -- forward and loss ------------------------------------------------------------------------
 
     def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, hidden_pre = self._encoder_product(x)
+        return self._activate(hidden_pre), hidden_pre
+
+    def _encoder_product(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input and its dense product ``hidden_pre`` (the only step every latent needs)."""
         # process_sae_in subtracts b_dec while apply_b_dec_to_input is on: the pre-encoder bias.
         sae_in = self.process_sae_in(x)
-        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        return sae_in, self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+
+    def _activate(self, hidden_pre: torch.Tensor) -> torch.Tensor:
         threshold = self.threshold_values.to(hidden_pre.dtype)
-        feature_acts = self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, self.cfg.jumprelu_bandwidth))
-        return feature_acts, hidden_pre
+        return self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, self.cfg.jumprelu_bandwidth))
 
     def calculate_aux_loss(
         self,
@@ -219,29 +225,30 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         if blocker is not None and self.cfg.fast_path == "sparse":
             raise ValueError(f"fast_path='sparse' cannot run this step: {blocker}")
         eps = self.cfg.jumprelu_bandwidth
-        # The encoder exactly as encode_with_hidden_pre computes it (autocast included). Its graph
-        # is only walked by the dense rest; the sparse rest computes the encoder's gradients itself.
-        sae_in = self.process_sae_in(step_input.sae_in)
-        hidden_pre = self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+        # The encoder as encode_with_hidden_pre computes it (autocast included). Its graph is only
+        # walked by the dense rest; the sparse rest computes the encoder's gradients itself.
+        sae_in, hidden_pre = self._encoder_product(step_input.sae_in)
         threshold = self.threshold_values.to(hidden_pre.dtype)
         entries = None
         if blocker is None:
             with torch.no_grad():
                 flat_pre = hidden_pre.detach().reshape(-1, self.cfg.d_sae)
                 candidates = candidate_mask(flat_pre, threshold.detach(), eps)
-                density = int(torch.count_nonzero(candidates)) / max(candidates.numel(), 1)
-                if self.cfg.fast_path == "sparse" or prefers_sparse(density, flat_pre.device):
+                if self.cfg.fast_path == "sparse" or prefers_sparse(
+                    int(torch.count_nonzero(candidates)) / max(candidates.numel(), 1), flat_pre.device
+                ):
                     entries = select_entries(flat_pre, threshold.detach(), eps, candidates)
         if entries is None:
             self.last_step_path = "dense"
-            feature_acts = self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, eps))
+            feature_acts = self._activate(hidden_pre)
             sae_out = self.decode(feature_acts)
             l0_per_row = step(hidden_pre, threshold, eps).sum(dim=-1)
             return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row)
         self.last_step_path = "sparse"
         pre_encoder_bias = self.b_dec if self.cfg.apply_b_dec_to_input else None
-        decoded, l0_per_row = sparse_jumprelu_step(
-            sae_in.reshape(-1, self.cfg.d_in), self.W_enc, self.b_enc, self.W_dec, threshold,
+        # sae_in carries no gradient (checked above); the Function computes only the parameters'.
+        decoded, l0_per_row = SparseJumpReLUStep.apply(
+            sae_in.detach().reshape(-1, self.cfg.d_in), self.W_enc, self.b_enc, self.W_dec, threshold,
             pre_encoder_bias, entries, eps,
         )  # fmt: skip
         leading = hidden_pre.shape[:-1]

@@ -244,20 +244,3 @@ class SparseJumpReLUStep(torch.autograd.Function):
             grad_b_enc_full.to(ctx.b_enc_dtype) if grad_b_enc_full is not None and needs_b_enc else None
         )
         return None, grad_W_enc, grad_b_enc, grad_W_dec, grad_threshold, grad_bias, None, None
-
-
-def sparse_jumprelu_step(
-    sae_in: torch.Tensor,
-    W_enc: torch.Tensor,
-    b_enc: torch.Tensor,
-    W_dec: torch.Tensor,
-    threshold: torch.Tensor,
-    pre_encoder_bias: torch.Tensor | None,
-    entries: StepEntries,
-    bandwidth: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(acts @ W_dec, L0 per row)`` through :class:`SparseJumpReLUStep` (see there)."""
-    decoded, l0 = SparseJumpReLUStep.apply(
-        sae_in.detach(), W_enc, b_enc, W_dec, threshold, pre_encoder_bias, entries, bandwidth
-    )
-    return decoded, l0
