@@ -65,6 +65,7 @@ from saelens_gemmascope.training import (
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
 )
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAEConfig
 
 
@@ -117,10 +118,15 @@ class RunResult:
         return self.tokens_per_sae / self.wall_s
 
 
-def ladder(n: int, d_in: int, d_sae: int) -> dict[str, GemmaScopeTrainingSAEConfig]:
+def run_spec(args: argparse.Namespace) -> RunSpec:
+    """The run's device for every SAE and runner field (the package's one source of it)."""
+    return RunSpec(device=args.device)
+
+
+def ladder(n: int, d_in: int, d_sae: int, spec: RunSpec) -> dict[str, GemmaScopeTrainingSAEConfig]:
     """n λs spread geometrically over 3e-4..3e-2 (one SAE: the recipe's default 1e-3)."""
     coefficients = [1e-3] if n == 1 else [3e-4 * 100 ** (i / (n - 1)) for i in range(n)]
-    return gemmascope_ladder(d_in, d_sae, coefficients, l0_warm_up_steps=50)
+    return gemmascope_ladder(d_in, d_sae, coefficients, l0_warm_up_steps=50, **spec.sae_fields())
 
 
 def hook_names(names: list[str], bench: BenchModel, spread: bool) -> dict[str, str]:
@@ -141,7 +147,7 @@ def runner_overrides(sizes: Sizes, bench: BenchModel, args: argparse.Namespace) 
         "checkpoint_path": None,
         "output_path": None,
         "logger": LoggingConfig(log_to_wandb=False),
-        "device": args.device,
+        **run_spec(args).runner_fields(),
         "autocast": args.precision == "bf16",
     }
 
@@ -167,7 +173,7 @@ def timed_run(
 def run_shared(
     n: int, bench: BenchModel, dataset: datasets.Dataset, sizes: Sizes, tokens: int, args: argparse.Namespace
 ) -> RunResult:
-    saes = ladder(n, bench.d_model, sizes.d_sae)
+    saes = ladder(n, bench.d_model, sizes.d_sae, run_spec(args))
     cfg = gemmascope_multi_runner_config(
         saes, hook_names(list(saes), bench, args.spread), model_name=bench.name, training_tokens=tokens,
         **runner_overrides(sizes, bench, args),
@@ -186,7 +192,7 @@ def run_shared(
 def run_separate(
     n: int, bench: BenchModel, dataset: datasets.Dataset, sizes: Sizes, tokens: int, args: argparse.Namespace
 ) -> RunResult:
-    saes = ladder(n, bench.d_model, sizes.d_sae)
+    saes = ladder(n, bench.d_model, sizes.d_sae, run_spec(args))
     hooks = hook_names(list(saes), bench, args.spread)
     overrides = {**runner_overrides(sizes, bench, args), "verbose": False}
     samples: list[int] = []

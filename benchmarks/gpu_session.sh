@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check issues 5 and 8 still need, as one prepared command for a session that is lent a
+# Every GPU check issues 5, 8 and 13 still need, as one prepared command for a session that is lent a
 # GPU (the GPU image lacks sae-lens, this package and pytest). Prepare on the CPU machine, from the
 # project's root:
 #   ../shared/gpu/fetch-wheels.sh
@@ -8,7 +8,7 @@
 #       --platform manylinux_2_28_x86_64 -d .whl pytest iniconfig
 # then run it there in one call (device tool): command "bash benchmarks/gpu_session.sh",
 # carry [".whl"], timeout_s 580. Each step has its own time limit, so a slow one cannot starve the
-# rest (500 s of limits in all); everything it prints is also written under $OUT.
+# rest (about 560 s of limits in all); everything it prints is also written under $OUT.
 set -uo pipefail
 out=${OUT:-gpu-session}
 mkdir -p "$out"
@@ -24,8 +24,17 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep the output, go 
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-# Issue 8: the sparse path against the dense reference on CUDA (loss, gradients, weights after steps).
-step gpu-tests 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_fast_path.py
+# Issues 8 and 13: the sparse path against the dense reference on CUDA (loss, gradients, weights
+# after steps); a preset config trained on CUDA with every tensor on the GPU.
+step gpu-tests 90 python3 -m pytest -q -p no:cacheprovider -m gpu tests/training/test_fast_path.py \
+  tests/presets/test_one_path.py
+# Issue 13: the one training path on the GPU: the CLI in one process, then as a one-rank torchrun
+# job (NCCL, LOCAL_RANK's device), both with the device audit of the first step.
+step train-cuda 60 python3 -m saelens_gemmascope.cli train tiny-gemma-2/res/layer_1/width_512 --device cuda \
+  --l0-coefficients 1e-3,1e-2 --set training_tokens=51200 --checkpoints 1 --output "$out/train-cuda"
+step train-cuda-torchrun 60 python3 -m torch.distributed.run --standalone --nproc-per-node 1 \
+  -m saelens_gemmascope.cli train tiny-gemma-2/res/layer_1/width_512 --device cuda --distributed data \
+  --l0-coefficients 1e-3,1e-2 --set training_tokens=51200 --checkpoints 1 --output "$out/train-torchrun"
 # Issue 8: one step, SAELens vs recipe dense/sparse/auto at d_sae 16k and 64k, batch 4096, L0 100,
 # then the pipeline (random-weight Gemma 2 2B to the middle layer, 1 SAE and a ladder of 6).
 step bench-step-fp32 170 python3 benchmarks/bench_step.py --device cuda --precision fp32

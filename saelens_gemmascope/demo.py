@@ -160,6 +160,7 @@ def run_demo(
 
     from saelens_gemmascope.data import stdlib_token_dataset
     from saelens_gemmascope.evaluation import EvalSAE, evaluate_saes
+    from saelens_gemmascope.training.run_spec import RunSpec
     from saelens_gemmascope.training.suite import plan_suite, run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
 
@@ -176,7 +177,7 @@ def run_demo(
         suite = run_suite(
             plan,
             suite_root,
-            group_trainers(suite_root, model=model, data="stdlib"),
+            group_trainers(RunSpec(output=suite_root), model=model),
             calibration_grid=settings.calibration_grid,
             refine_rounds=settings.refine_rounds,
             progress=say,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 
@@ -13,17 +14,31 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     presets.add_argument("--json", action="store_true", help="print machine-readable JSON")
     presets.set_defaults(handler=run_presets)
 
-    train = subparsers.add_parser("train", help="train presets: calibrate λ, share forward passes, export")
-    train.add_argument("patterns", nargs="+", metavar="PRESET-OR-PATTERN")
-    train.add_argument("--output", default="gemmascope-suite", help="output root (default: %(default)s)")
-    train.add_argument("--data", default="stdlib", help="stdlib, a dataset folder, or a hub dataset name")
+    train = subparsers.add_parser(
+        "train",
+        help="train presets: calibrate λ, share forward passes, export",
+        description="Retrain presets (see `gemmascope presets`) with the Gemma Scope recipe: calibrate λ "
+        "per target L0 (or train an explicit λ ladder), feed every SAE of a group from one forward pass, "
+        "save in SAELens format and export in the Gemma Scope layout. The same path runs in one process "
+        "and under torchrun (--distributed).",
+    )
+    train.add_argument("patterns", nargs="+", metavar="PRESET-OR-PATTERN",
+                       help="preset names or glob patterns, e.g. 'tiny-gemma-2/res/layer_1/*'")  # fmt: skip
+    train.add_argument("--output", default="gemmascope-suite", help="output folder (default: %(default)s)")
+    train.add_argument("--data", default="stdlib",
+                       help="stdlib (embedded), a save_to_disk folder, or a hub dataset name (default: %(default)s)")  # fmt: skip
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
-                       help="override any runner or SAE config field (repeatable; Python/JSON literals)")  # fmt: skip
+                       help="override a setting (repeatable; Python/JSON literals): sae.KEY for the SAE config, "
+                       "runner.KEY for the runner config, or a bare KEY that names a field of one side only")  # fmt: skip
     train.add_argument(
         "--memory-budget", help="bytes for SAEs and buffers, e.g. 40GiB (default: free CUDA memory)"
     )
-    train.add_argument("--device", help="device for the SAEs and the model (sets device=...)")
-    train.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    train.add_argument("--device", default="cpu",
+                       help="where the model, activations, SAEs and optimiser live (default: %(default)s)")  # fmt: skip
+    train.add_argument(
+        "--dtype", default="float32", help="dtype of the model, activations and SAEs (default: %(default)s)"
+    )
+    train.add_argument("--dry-run", action="store_true", help="print the plan and stop (in every mode)")
     train.add_argument("--cached-activations", action="store_true", help="cache activations to disk first")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
     checkpoints = train.add_mutually_exclusive_group()
@@ -38,14 +53,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="log training passes to wandb (project default: %(const)s); offline without a key or "
         "network, with the `wandb sync` command printed at the end",
     )  # fmt: skip
-    train.add_argument("--calibration-grid", help="comma-separated λs for the first calibration round")
-    train.add_argument("--refine-rounds", type=int, default=1, help="calibration refinement rounds")
+    ladder = train.add_mutually_exclusive_group()
+    ladder.add_argument("--calibration-grid", help="comma-separated λs for the first calibration round")
+    ladder.add_argument("--l0-coefficients", metavar="λ,λ,...",
+                        help="train this explicit λ ladder for every preset (no calibration)")  # fmt: skip
+    train.add_argument(
+        "--refine-rounds", type=int, default=1, help="calibration refinement rounds (default: %(default)s)"
+    )
     train.add_argument(
         "--distributed",
         choices=["data", "sae"],
-        help="run under torchrun: 'data' splits each batch over the ranks (gradients averaged), 'sae' "
-        "spreads the λ ladder's SAEs over the ranks on the gathered batch; the λs are those of "
-        "--calibration-grid (no calibration)",
+        help="run as one rank of a torchrun job: 'data' splits each batch over the ranks (gradients "
+        "averaged), 'sae' gathers the batch and spreads each pass's SAEs over the ranks",
     )
     train.set_defaults(handler=run_train)
 
@@ -115,55 +134,97 @@ def parse_count(text: str | None) -> int | None:
     return value
 
 
+def _floats(text: str | None, option: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{option} takes comma-separated numbers, got {text!r}") from None
+    bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+    if not values or bad:
+        raise ValueError(f"{option} takes positive finite numbers, got {text!r}")
+    return values
+
+
+def _checked_args(args: argparse.Namespace) -> None:
+    """Flags that cannot work together, refused before anything runs."""
+    if args.checkpoints is not None and args.checkpoints < 0:
+        raise ValueError(f"--checkpoints must be 0 or more, got {args.checkpoints}")
+    if args.refine_rounds < 0:
+        raise ValueError(f"--refine-rounds must be 0 or more, got {args.refine_rounds}")
+    if args.distributed and args.cached_activations:
+        raise ValueError(
+            "--cached-activations is not built for --distributed (each rank would cache its own shard); "
+            "drop one of them"
+        )
+
+
+def run_spec_from_args(args: argparse.Namespace) -> Any:
+    """The run specification of a ``train`` command line."""
+    from pathlib import Path
+
+    from saelens_gemmascope.training.preset_config import parse_assignments
+    from saelens_gemmascope.training.run_spec import RunSpec, distributed_spec_from_env
+
+    return RunSpec.from_overrides(
+        {"device": args.device, "dtype": args.dtype, **parse_assignments(args.assignments)},
+        data=args.data,
+        output=Path(args.output),
+        n_checkpoints=args.checkpoints if args.checkpoints is not None else 0,
+        checkpoint_every_tokens=parse_count(args.checkpoint_every),
+        wandb_project=args.wandb,
+        distributed=distributed_spec_from_env(args.distributed) if args.distributed else None,
+    )
+
+
 def run_train(args: argparse.Namespace) -> int:
-    if args.distributed:
-        return run_train_distributed(args)
     from saelens_gemmascope.training.memory import parse_bytes
-    from saelens_gemmascope.training.preset_config import match_presets, parse_assignments
+    from saelens_gemmascope.training.preset_config import match_presets
+    from saelens_gemmascope.training.run_spec import check_device_available
     from saelens_gemmascope.training.suite import plan_suite, run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
 
-    overrides = parse_assignments(args.assignments)
-    if args.device:
-        overrides["device"] = args.device
-    budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+    _checked_args(args)
+    spec = run_spec_from_args(args)
+    grid = _floats(args.calibration_grid, "--calibration-grid")
     plan = plan_suite(
         match_presets(args.patterns),
-        memory_budget=budget,
-        device=overrides.get("device", "cpu"),
-        overrides=overrides,
+        spec,
+        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
+        l0_coefficients=_floats(args.l0_coefficients, "--l0-coefficients"),
     )
-    print(plan.describe())
+    main_rank = spec.distributed is None or spec.distributed.is_main
+    if main_rank:
+        print(plan.describe())
+    check_device_available(spec.device)
     if args.dry_run:
         return 0
-    trainers = group_trainers(
-        args.output, data=args.data, cached=args.cached_activations, resume=args.resume,
-        n_checkpoints=args.checkpoints, checkpoint_every_tokens=parse_count(args.checkpoint_every),
-        overrides=overrides, wandb_project=args.wandb,
-    )  # fmt: skip
-    grid = [float(x) for x in args.calibration_grid.split(",")] if args.calibration_grid else None
-    result = run_suite(plan, args.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
+    if spec.distributed is not None:
+        return _run_distributed(args, plan, grid)
+    trainers = group_trainers(spec, cached=args.cached_activations, resume=args.resume)
+    result = run_suite(plan, spec.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
     print(result.summary())
     return 0
 
 
-def run_train_distributed(args: argparse.Namespace) -> int:
-    from saelens_gemmascope.training.distributed_presets import train_presets_distributed
-    from saelens_gemmascope.training.preset_config import match_presets, parse_assignments
+def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | None) -> int:
+    """The same suite run as one rank of a torchrun job (the process group spans the run)."""
+    from saelens_gemmascope.training.distributed import close_distributed, init_distributed
+    from saelens_gemmascope.training.suite import run_suite
+    from saelens_gemmascope.training.suite_training import group_trainers
 
-    if args.checkpoint_every or args.wandb:
-        raise ValueError(
-            "--distributed takes --checkpoints (per rank and pass); --checkpoint-every and --wandb are not built for it"
-        )
-    if not args.calibration_grid:
-        raise SystemExit("--distributed trains the λs of --calibration-grid; give them, e.g. 3e-4,1e-3")
-    overrides = parse_assignments(args.assignments)
-    if args.device:
-        overrides["device"] = args.device
-    saved = train_presets_distributed(
-        match_presets(args.patterns), args.distributed, [float(x) for x in args.calibration_grid.split(",")],
-        args.output, data=args.data, overrides=overrides, n_checkpoints=args.checkpoints, resume=args.resume,
-    )  # fmt: skip
-    for path in saved:
-        print(f"saved {path}")
+    spec = plan.spec
+    joined = init_distributed(spec.distributed.mode, spec.device)
+    if joined != spec.distributed:
+        raise RuntimeError(f"torchrun's environment changed under the run: {joined} vs {spec.distributed}")
+    progress = print if joined.is_main else (lambda _message: None)
+    try:
+        trainers = group_trainers(spec, resume=args.resume, progress=progress)
+        result = run_suite(plan, spec.output, trainers, calibration_grid=grid,
+                           refine_rounds=args.refine_rounds, progress=progress)  # fmt: skip
+    finally:
+        close_distributed()
+    if joined.is_main:
+        print(result.summary())
     return 0

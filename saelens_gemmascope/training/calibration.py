@@ -129,12 +129,14 @@ def calibrate(
     probe_tokens: Mapping[str, int],
     grid: Sequence[float] = DEFAULT_GRID,
     refine_rounds: int = 1,
+    write: bool = True,
 ) -> dict[str, CalibrationRecord]:
     """A record per preset: read from ``output_root`` when present, else measured and written.
 
     Presets still to calibrate are probed together (one ``run_probes`` call per round), so one
     forward pass feeds every probe. ``probe_tokens`` gives each preset's probe length; presets
-    probed together must share it.
+    probed together must share it. ``write=False`` (the other ranks of a torchrun job) computes
+    the same records without writing them.
     """
     records = {p.name: r for p in presets if (r := read_record(output_root, p)) is not None}
     pending = [p for p in presets if p.name not in records]
@@ -153,7 +155,8 @@ def calibrate(
             record.method = f"log-log interpolation; grid {list(grid)}, {refine_rounds} refinement round(s)"
             measured = [l0 for _, l0 in record.probes]
             record.out_of_range = [t for t in preset.l0_targets if not min(measured) <= t <= max(measured)]
-            write_record(output_root, record)
+            if write:
+                write_record(output_root, record)
             records[preset.name] = record
     return {p.name: records[p.name] for p in presets}
 

@@ -7,7 +7,7 @@ estimate keeps every batch in memory; this streams and keeps one running sum per
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 
@@ -44,12 +44,21 @@ def estimate_input_scale(batches: Iterator[torch.Tensor], n_batches: int) -> flo
 
 
 def estimate_input_scales(
-    batches: Iterator[Mapping[str, torch.Tensor]], hook_names: set[str], n_batches: int
+    batches: Iterator[Mapping[str, torch.Tensor]],
+    hook_names: set[str],
+    n_batches: int,
+    combine: Callable[[Mapping[str, MeanSquaredNormMeter]], None] | None = None,
 ) -> dict[str, float]:
-    """C for each of ``hook_names`` from the next ``n_batches`` multi-hook batches (one pass)."""
+    """C for each of ``hook_names`` from the next ``n_batches`` multi-hook batches (one pass).
+
+    ``combine`` merges the meters with other processes' before C is taken (data-parallel training:
+    every rank then uses the C of all ranks' activations, as one process on the global stream).
+    """
     meters = {hook: MeanSquaredNormMeter() for hook in hook_names}
     for _ in range(n_batches):
         batch = next(batches)
         for hook, meter in meters.items():
             meter.update(batch[hook])
+    if combine is not None:
+        combine(meters)
     return {hook: meter.input_scale() for hook, meter in meters.items()}

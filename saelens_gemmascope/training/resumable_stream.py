@@ -147,13 +147,18 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
 
     @classmethod
     def for_store(
-        cls, store: ActivationsStore, seed: int, single_hook: str | None = None
+        cls,
+        store: ActivationsStore,
+        seed: int,
+        single_hook: str | None = None,
+        batch_tokens: int | None = None,
     ) -> ResumableActivationStream:
-        """The stream with the store's own buffer settings (as SAELens's data loader would use)."""
+        """The stream with the store's own buffer settings (as SAELens's data loader would use);
+        ``batch_tokens`` replaces the store's batch size (a rank's share of a distributed batch)."""
         return cls(
             store,
             buffer_tokens=store.n_batches_in_buffer * store.training_context_size,
-            batch_tokens=store.train_batch_size_tokens,
+            batch_tokens=batch_tokens or store.train_batch_size_tokens,
             mix_fraction=store.activations_mixing_fraction,
             seed=seed,
             single_hook=single_hook,

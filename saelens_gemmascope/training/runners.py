@@ -11,6 +11,18 @@ trained on. A checkpoint without that position (SAELens's own runners write none
 with SAELens's approximate data position and a warning. Model and activation-store set-up,
 evaluators, checkpoint files and final saving are SAELens's.
 The trainer of the last ``run()`` stays reachable as ``runner.trainer``.
+
+Python defaults equal the CLI's: without ``override_model`` the runners load ``cfg.model_name``
+through this package's model registry (the embedded tiny models in memory; Gemma 2 without
+TransformerLens's weight processing, as Gemma Scope reads it), on ``cfg.llm_device`` in
+``cfg.dtype``; without ``override_dataset`` they read ``cfg.dataset_path`` through
+:func:`~saelens_gemmascope.training.data.load_training_data` (``""``: the embedded default).
+
+Under torchrun the multi-SAE runner takes ``distributed=`` (a
+:class:`~saelens_gemmascope.training.run_spec.DistributedSpec`): each rank reads its own shard of
+the data through the same resumable stream, at its share of the batch, and steps the same trainer
+(data parallel: gradients averaged; SAE-sharded: the batch gathered, each rank training its own
+SAEs). See :mod:`saelens_gemmascope.training.distributed`.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.activations_store import ActivationsStore
 
+from saelens_gemmascope.training.distributed import Collectives, GatheredBatches, owned_names
 from saelens_gemmascope.training.resumable_stream import (
     STREAM_STATE_FILENAME,
     PositionTracker,
@@ -35,18 +48,56 @@ from saelens_gemmascope.training.resumable_stream import (
     restore_stream,
     tracked_batches,
 )
+from saelens_gemmascope.training.run_spec import DistributedSpec
 from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
 from saelens_gemmascope.training.wandb_logging import finish_wandb, start_wandb
 
 Batches = PositionTracker | PrefetchingPositionTracker
 
 
+def default_model(cfg: Any, override_model: Any) -> Any:
+    """``override_model``, or ``cfg.model_name`` loaded through this package's model registry."""
+    if override_model is not None:
+        return override_model
+    from saelens_gemmascope.models.loading import load_language_model
+
+    return load_language_model(cfg.model_name, device=cfg.llm_device, dtype=cfg.dtype)
+
+
+def default_dataset(cfg: Any, override_dataset: Any, model: Any, distributed: DistributedSpec | None) -> Any:
+    """``override_dataset``, or ``cfg.dataset_path`` (``""``: the embedded default) loaded as this
+    package loads data; under torchrun, this rank's shard of it."""
+    dataset = override_dataset
+    if dataset is None:
+        from saelens_gemmascope.training.data import STDLIB_SOURCE, load_training_data
+
+        dataset = load_training_data(cfg.dataset_path or STDLIB_SOURCE, model.tokenizer, cfg.context_size)
+    if distributed is not None and distributed.world_size > 1:
+        from datasets.distributed import split_dataset_by_node
+
+        dataset = split_dataset_by_node(dataset, rank=distributed.rank, world_size=distributed.world_size)
+    return dataset
+
+
 def _open_stream(
-    store: ActivationsStore, cfg: Any, single_hook: str | None = None
+    store: ActivationsStore,
+    cfg: Any,
+    single_hook: str | None = None,
+    distributed: DistributedSpec | None = None,
 ) -> tuple[ResumableActivationStream, bool]:
     """The stream, at the resume checkpoint's position if there is one; and whether that position
-    is exact (False: the store was fast-forwarded by SAELens's own, approximate, resume)."""
-    stream = ResumableActivationStream.for_store(store, seed=cfg.seed, single_hook=single_hook)
+    is exact (False: the store was fast-forwarded by SAELens's own, approximate, resume).
+
+    Under torchrun each rank's stream serves its share of the batch, shuffled with its own seed.
+    """
+    stream = ResumableActivationStream.for_store(
+        store,
+        seed=cfg.seed + (distributed.rank if distributed is not None else 0),
+        single_hook=single_hook,
+        batch_tokens=distributed.local_batch(cfg.train_batch_size_tokens)
+        if distributed is not None
+        else None,
+    )
     checkpoint = cfg.resume_from_checkpoint
     if checkpoint is None or restore_stream(stream, checkpoint):
         return stream, True
@@ -104,8 +155,10 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
         override_model: Any = None,
         override_sae: TrainingSAE[Any] | None = None,
     ) -> None:
+        model = default_model(cfg, override_model)
+        dataset = default_dataset(cfg, override_dataset, model, None)
         with seeded_sae_creation(cfg.seed):
-            super().__init__(cfg, override_dataset, override_model, override_sae)
+            super().__init__(cfg, dataset, model, override_sae)
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
@@ -159,30 +212,60 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         override_dataset: Any = None,
         override_model: Any = None,
         override_saes: dict[str, TrainingSAE[Any]] | None = None,
+        *,
+        distributed: DistributedSpec | None = None,
     ) -> None:
+        self.distributed = distributed
+        self.collectives = Collectives(distributed)
+        model = default_model(cfg, override_model)
+        dataset = default_dataset(cfg, override_dataset, model, distributed)
+        # Every rank creates the same SAEs from the same seed (data parallel: identical replicas).
         with seeded_sae_creation(cfg.seed):
-            super().__init__(cfg, override_dataset, override_model, override_saes)
+            super().__init__(cfg, dataset, model, override_saes)
+        if distributed is not None and distributed.mode == "sae":
+            self._keep_owned_saes(distributed)
+
+    def _keep_owned_saes(self, distributed: DistributedSpec) -> None:
+        # SAELens creates every SAE of the config (the store needs every hook of the pass); this
+        # rank keeps its own and frees the others before anything is allocated for training.
+        names = list(self.saes)
+        if len(names) < distributed.world_size:
+            raise ValueError(
+                f"--distributed sae spreads a pass's SAEs over the ranks, but this pass has {len(names)} "
+                f"SAE(s) for {distributed.world_size} ranks; use --distributed data, or train more SAEs per pass"
+            )
+        owned = set(owned_names(names, distributed))
+        self.saes = {name: sae for name, sae in self.saes.items() if name in owned}
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()
         wandb_run = start_wandb(self.cfg)
-        stream, self._exact_position = _open_stream(self.activations_store, self.cfg)
+        distributed = self.distributed
+        stream, self._exact_position = _open_stream(self.activations_store, self.cfg, distributed=distributed)
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches)
+        sharded = distributed is not None and distributed.mode == "sae"
+        data_parallel = distributed is not None and distributed.mode == "data"
+        if data_parallel:
+            for sae in self.saes.values():  # the same seed made them equal; this makes sure
+                self.collectives.broadcast_parameters(sae)
         try:
             trainer = GemmaScopeMultiSAETrainer(
                 cfg=self.cfg.to_sae_trainer_config(),
                 saes=self.saes,
-                hook_names=self.cfg.hook_names_per_sae,
-                data_provider=self._batches,
+                hook_names={name: self.cfg.hook_names_per_sae[name] for name in self.saes},
+                data_provider=GatheredBatches(self._batches, self.collectives) if sharded else self._batches,
                 evaluator=self.evaluator,
                 save_checkpoint_fn=self._save_runner_checkpoint_files,
+                collectives=self.collectives if data_parallel else None,
             )
             self.trainer = trainer
             if self.cfg.resume_from_checkpoint is not None:
                 logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
                 trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
             saes = self._run_with_interruption_handling(trainer)
-            if self.cfg.output_path is not None:
+            # Data parallel: the replicas are equal, the main rank saves them. SAE-sharded: each
+            # rank saves the SAEs it trained.
+            if self.cfg.output_path is not None and (not data_parallel or self.collectives.is_main):
                 self._save_final_outputs(saes, trainer)
             finish_wandb(self.cfg, wandb_run)
             return saes

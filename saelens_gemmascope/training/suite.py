@@ -40,7 +40,14 @@ from saelens_gemmascope.training.memory import (
     plan_passes,
 )
 from saelens_gemmascope.training.preset import PresetNotTrainableError, TrainingPreset
-from saelens_gemmascope.training.preset_config import PresetSAE, runner_overrides_of
+from saelens_gemmascope.training.preset_config import (
+    PresetSAE,
+    effective_d_sae,
+    multi_config_for,
+    runner_settings_of,
+    sae_settings_of,
+)
+from saelens_gemmascope.training.run_spec import RunSpec
 
 #: SAELens's default mixing-buffer depth (``n_batches_in_buffer``) where nothing overrides it.
 _SAELENS_BUFFER_BATCHES = 20
@@ -48,14 +55,29 @@ _SAELENS_BUFFER_BATCHES = 20
 
 @dataclass(frozen=True)
 class Rung:
-    """One SAE to train: a preset and the target L0 of one of its sparsity variants."""
+    """One SAE to train: a preset and either the target L0 of one of its sparsity variants (λ
+    found by calibration) or an explicit λ (``--l0-coefficients``)."""
 
     preset: TrainingPreset
-    target_l0: float
+    target_l0: float | None = None
+    l0_coefficient: float | None = None
 
     @property
     def name(self) -> str:
-        return PresetSAE(self.preset, math.nan, self.target_l0).name
+        return self.sae(math.nan if self.l0_coefficient is None else self.l0_coefficient).name
+
+    def sae(self, l0_coefficient: float) -> PresetSAE:
+        """The rung as the SAE it trains, with ``l0_coefficient`` (its own when explicit)."""
+        coefficient = l0_coefficient if self.l0_coefficient is None else self.l0_coefficient
+        return PresetSAE(self.preset, coefficient, self.target_l0)
+
+    @property
+    def label(self) -> str:
+        return (
+            f"λ {self.l0_coefficient:g}"
+            if self.l0_coefficient is not None
+            else f"target L0 {self.target_l0:g}"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,7 +111,7 @@ class SuitePlan:
     groups: tuple[SuiteGroup, ...]
     memory_budget: int | None
     budget_source: str
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    spec: RunSpec = field(default_factory=RunSpec)
 
     @property
     def passes(self) -> list[SuitePass]:
@@ -115,8 +137,8 @@ class SuitePlan:
                     f"{format_bytes(p.sae_bytes + p.stream_bytes)} (SAEs {format_bytes(p.sae_bytes)}, "
                     f"activation buffers {format_bytes(p.stream_bytes)}), LM tokens {group.training_tokens:,}"
                 )
-                for preset_name, targets in _targets_by_preset(p.rungs).items():
-                    lines.append(f"    {preset_name}: target L0 {', '.join(f'{t:g}' for t in targets)}")
+                for preset_name, labels in _labels_by_preset(p.rungs).items():
+                    lines.append(f"    {preset_name}: {', '.join(labels)}")
             if len(group.passes) > 1:
                 lines.append(
                     f"  (the SAEs do not fit at once: {len(group.passes)} passes, each reading the "
@@ -128,7 +150,13 @@ class SuitePlan:
         return {
             "memory_budget": self.memory_budget,
             "budget_source": self.budget_source,
-            "overrides": {k: repr(v) for k, v in self.overrides.items()},
+            "device": self.spec.device,
+            "dtype": self.spec.dtype,
+            "distributed": None
+            if self.spec.distributed is None
+            else {"mode": self.spec.distributed.mode, "world_size": self.spec.distributed.world_size},
+            "runner_overrides": {k: repr(v) for k, v in self.spec.runner.items()},
+            "sae_overrides": {k: repr(v) for k, v in self.spec.sae.items()},
             "groups": [
                 {
                     "model": g.model_name,
@@ -143,10 +171,10 @@ class SuitePlan:
         }
 
 
-def _targets_by_preset(rungs: Sequence[Rung]) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {}
+def _labels_by_preset(rungs: Sequence[Rung]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
     for rung in rungs:
-        found.setdefault(rung.preset.name, []).append(rung.target_l0)
+        found.setdefault(rung.preset.name, []).append(rung.label)
     return found
 
 
@@ -154,9 +182,11 @@ def _setting(settings: Mapping[str, Any], name: str) -> Any:
     return settings.get(name, RECIPE_RUNNER_DEFAULTS.get(name))
 
 
-def sae_item(preset: TrainingPreset, item: Any, settings: Mapping[str, Any]) -> MemoryItem[Any]:
+def sae_item(
+    preset: TrainingPreset, item: Any, settings: Mapping[str, Any], spec: RunSpec
+) -> MemoryItem[Any]:
     batch = int(_setting(settings, "train_batch_size_tokens"))
-    memory = estimate_sae_memory(preset.d_in, preset.d_sae, batch)
+    memory = estimate_sae_memory(preset.d_in, effective_d_sae(preset, spec), batch)
     return MemoryItem(item=item, hook_name=preset.hook_name, d_in=preset.d_in, bytes=memory.total)
 
 
@@ -177,13 +207,18 @@ def resolve_budget(memory_budget: int | None, device: str) -> tuple[int | None, 
 
 def plan_suite(
     presets: Sequence[TrainingPreset],
+    spec: RunSpec | None = None,
     *,
     memory_budget: int | None = None,
-    device: str = "cpu",
-    overrides: Mapping[str, Any] | None = None,
+    l0_coefficients: Sequence[float] | None = None,
 ) -> SuitePlan:
-    """Group ``presets`` by model and runner settings and split each group into passes."""
-    overrides = dict(overrides or {})
+    """Group ``presets`` by model and runner settings and split each group into passes.
+
+    Each preset trains its released L0 targets (λ calibrated), or the explicit ladder
+    ``l0_coefficients`` (an ``l0_coefficient`` override of the spec is a ladder of one).
+    """
+    spec = spec or RunSpec()
+    l0_coefficients = ladder_from_spec(spec, l0_coefficients)
     blocked = [p for p in presets if not p.trainable]
     if blocked:
         reasons = sorted({p.not_trainable_reason or "" for p in blocked})
@@ -192,15 +227,15 @@ def plan_suite(
             f"{', ...' if len(blocked) > 3 else ''}): {'; '.join(reasons)}"
         )
     empty = [p.name for p in presets if not p.l0_targets]
-    if empty:
-        raise ValueError(f"presets without L0 targets: {empty}")
+    if empty and l0_coefficients is None:
+        raise ValueError(f"presets without L0 targets: {empty}; give a λ ladder (--l0-coefficients)")
     for preset in presets:
-        check_input_width(preset, {**preset.overrides, **overrides}.get("d_in"))
-    budget, source = resolve_budget(memory_budget, device)
+        check_input_width(preset, sae_settings_of(preset, spec).get("d_in"))
+    budget, source = resolve_budget(memory_budget, spec.device)
     by_key: dict[str, list[TrainingPreset]] = {}
     settings_of: dict[str, dict[str, Any]] = {}
     for preset in presets:
-        settings = {"training_tokens": preset.training_tokens, **runner_overrides_of(preset, overrides)}
+        settings = runner_settings_of(preset, spec)
         key = json.dumps([preset.model_name, sorted((k, repr(v)) for k, v in settings.items())])
         by_key.setdefault(key, []).append(preset)
         settings_of[key] = settings
@@ -212,9 +247,19 @@ def plan_suite(
             int(settings.get("n_batches_in_buffer", _SAELENS_BUFFER_BATCHES)),
             int(_setting(settings, "train_batch_size_tokens")),
         )
+        if spec.distributed is not None:
+            spec.distributed.local_batch(int(_setting(settings, "train_batch_size_tokens")))
         # Ordered by hook so that SAEs of one hook share a pass (and its buffer) where they can.
-        rungs = [Rung(p, t) for p in sorted(members, key=lambda p: p.hook_name) for t in p.l0_targets]
-        items = [sae_item(r.preset, r, settings) for r in rungs]
+        ordered = sorted(members, key=lambda p: p.hook_name)
+        rungs = (
+            [Rung(p, target_l0=t) for p in ordered for t in p.l0_targets]
+            if l0_coefficients is None
+            else [Rung(p, l0_coefficient=c) for p in ordered for c in l0_coefficients]
+        )
+        # Every setting is checked now, in --dry-run too, by building the configs SAELens will get
+        # (λ is a placeholder until calibration).
+        multi_config_for([r.sae(1.0) for r in rungs], spec)
+        items = [sae_item(r.preset, r, settings, spec) for r in rungs]
         planned = plan_passes(items, budget, buffer_tokens(settings))
         passes = tuple(
             SuitePass(f"group{index}_pass{i}", tuple(p.items), p.sae_bytes, p.stream_bytes)
@@ -230,7 +275,22 @@ def plan_suite(
                 passes=passes,
             )
         )
-    return SuitePlan(tuple(groups), budget, source, overrides)
+    return SuitePlan(tuple(groups), budget, source, spec)
+
+
+def ladder_from_spec(spec: RunSpec, l0_coefficients: Sequence[float] | None) -> list[float] | None:
+    """The explicit λ ladder: ``l0_coefficients``, or a spec's ``l0_coefficient`` override (not both)."""
+    override = spec.sae.get("l0_coefficient")
+    if override is not None and l0_coefficients is not None:
+        raise ValueError("give the λs either as --l0-coefficients or as --set l0_coefficient=..., not both")
+    ladder = [float(override)] if override is not None else l0_coefficients
+    if ladder is not None:
+        if not ladder:
+            raise ValueError("the λ ladder is empty")
+        bad = [c for c in ladder if not (math.isfinite(c) and c > 0)]
+        if bad:
+            raise ValueError(f"every λ must be a positive finite number; got {bad}")
+    return None if ladder is None else list(ladder)
 
 
 @dataclass(frozen=True)
@@ -239,7 +299,7 @@ class TrainedSAE:
 
     name: str
     preset: str
-    target_l0: float
+    target_l0: float | None
     l0_coefficient: float
     l0: float
     saelens_path: str
@@ -257,12 +317,9 @@ class SuiteResult:
         """One line per SAE: measured L0 against its target, and where it was exported."""
         lines = [f"{len(self.saes)} SAEs trained under {self.output_root}"]
         for sae in self.saes:
-            ratio = sae.l0 / sae.target_l0
             where = f"{sae.release} {sae.export_id}" if sae.export_id else "not exported (see log)"
-            lines.append(
-                f"  {sae.name}: L0 {sae.l0:.1f} (target {sae.target_l0:g}, x{ratio:.2f}) "
-                f"λ={sae.l0_coefficient:.3g} -> {where}"
-            )
+            target = f" (target {sae.target_l0:g}, x{sae.l0 / sae.target_l0:.2f})" if sae.target_l0 else ""
+            lines.append(f"  {sae.name}: L0 {sae.l0:.1f}{target} λ={sae.l0_coefficient:.3g} -> {where}")
         if self.releases:
             lines.append(f"registered local releases: {', '.join(self.releases)}")
         return "\n".join(lines)
@@ -281,16 +338,26 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
     cached activations: :mod:`saelens_gemmascope.training.suite_training`); a probe run is a pass
     without an id (nothing saved). If it has a ``preflight(plan)`` method (``SuiteTrainers`` has),
     that runs first, so that a run which cannot finish (no disk space) fails before it starts.
+    Rungs with an explicit λ skip calibration.
+
+    Under torchrun (``plan.spec.distributed``) every rank runs this same function: probes and
+    passes train in the job's mode, the probes' L0s are gathered from the ranks that trained them
+    (so every rank computes the same λs), and only the main rank writes the plan, calibration
+    records, exports, releases and summary.
     """
     from saelens_gemmascope.training.calibration import DEFAULT_GRID, calibrate
+    from saelens_gemmascope.training.distributed import Collectives
     from saelens_gemmascope.training.suite_export import export_pass, register_releases
 
+    collectives = Collectives(plan.spec.distributed)
+    main = collectives.is_main
     root = Path(output_root)
     preflight = getattr(trainer_for_group, "preflight", None)
     if callable(preflight):
         preflight(plan)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
+    if main:
+        (root / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     trained: list[TrainedSAE] = []
     for group in plan.groups:
         train_pass = trainer_for_group(group)
@@ -298,14 +365,28 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
         def run_probes(
             saes: Sequence[PresetSAE], tokens: int, train: PassTrainer = train_pass
         ) -> dict[str, float]:
-            return {name: float(sae.cfg.metadata.l0) for name, sae in train(saes, tokens, None).items()}
+            local = {name: float(sae.cfg.metadata.l0) for name, sae in train(saes, tokens, None).items()}
+            merged: dict[str, float] = {}
+            for part in collectives.gather_objects(local):  # rank order: the main rank's first
+                for name, l0 in part.items():
+                    merged.setdefault(name, l0)
+            return merged
 
-        probe_tokens = {p.name: p.calibration_tokens or p.training_tokens for p in group.presets}
-        progress(f"calibrating λ for {len(group.presets)} preset(s) of group {group.index}")
-        records = calibrate(
-            group.presets, run_probes, output_root=root, probe_tokens=probe_tokens,
-            grid=calibration_grid or DEFAULT_GRID, refine_rounds=refine_rounds,
-        )  # fmt: skip
+        to_calibrate = [
+            p for p in group.presets if any(r.l0_coefficient is None for r in _rungs_of(group, p))
+        ]
+        records = {}
+        if to_calibrate:
+            # A probe is never longer than the training it calibrates (a training_tokens override).
+            probe_tokens = {
+                p.name: min(p.calibration_tokens or group.training_tokens, group.training_tokens)
+                for p in to_calibrate
+            }
+            progress(f"calibrating λ for {len(to_calibrate)} preset(s) of group {group.index}")
+            records = calibrate(
+                to_calibrate, run_probes, output_root=root, probe_tokens=probe_tokens,
+                grid=calibration_grid or DEFAULT_GRID, refine_rounds=refine_rounds, write=main,
+            )  # fmt: skip
         for name, record in records.items():
             if record.out_of_range:
                 progress(
@@ -314,15 +395,23 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
                 )
         for suite_pass in group.passes:
             saes = [
-                PresetSAE(r.preset, records[r.preset.name].l0_coefficients[r.target_l0], r.target_l0)
+                r.sae(math.nan)
+                if r.l0_coefficient is not None
+                else r.sae(records[r.preset.name].l0_coefficients[r.target_l0])
                 for r in suite_pass.rungs
             ]
             progress(f"{suite_pass.id}: training {len(saes)} SAEs on {len(suite_pass.hooks)} hook(s)")
             results = train_pass(saes, group.training_tokens, suite_pass.id)
-            trained.extend(export_pass(root, suite_pass.id, saes, results, progress))
-    releases = register_releases(root)
+            if main:
+                trained.extend(export_pass(root, suite_pass.id, saes, results, progress))
+    releases = register_releases(root) if main else []
     result = SuiteResult(root, tuple(trained), tuple(releases))
-    (root / "summary.json").write_text(
-        json.dumps({"saes": [vars(s) for s in result.saes], "releases": list(releases)}, indent=2) + "\n"
-    )
+    if main:
+        (root / "summary.json").write_text(
+            json.dumps({"saes": [vars(s) for s in result.saes], "releases": list(releases)}, indent=2) + "\n"
+        )
     return result
+
+
+def _rungs_of(group: SuiteGroup, preset: TrainingPreset) -> list[Rung]:
+    return [r for p in group.passes for r in p.rungs if r.preset.name == preset.name]

@@ -47,7 +47,7 @@ def export_pass(
         preset = sae.preset
         l0 = float(model.cfg.metadata.l0)
         target_root = release_dir(root, preset)
-        folder = sae_folder(preset.layer, preset.d_sae, l0)
+        folder = sae_folder(preset.layer, int(model.cfg.d_sae), l0)
         export_id: str | None = None
         if (target_root, folder) in taken:
             progress(
@@ -64,7 +64,7 @@ def export_pass(
             TrainedSAE(
                 name=sae.name,
                 preset=preset.name,
-                target_l0=float(sae.target_l0 or 0.0),
+                target_l0=sae.target_l0,
                 l0_coefficient=sae.l0_coefficient,
                 l0=l0,
                 saelens_path=str(root / "saes" / pass_id / sae.name),

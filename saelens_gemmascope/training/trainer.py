@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from sae_lens.config import SAETrainerConfig
@@ -28,10 +28,14 @@ from sae_lens.training.types import DataProvider, MultiHookDataProvider
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LRScheduler
 
+from saelens_gemmascope.training.device_audit import audit_devices, batch_tensors, named_training_tensors
 from saelens_gemmascope.training.input_scale import estimate_input_scale, estimate_input_scales
 from saelens_gemmascope.training.progress import step_losses, update_progress_bar
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.training.schedules import cosine_warm_up_scheduler
+
+if TYPE_CHECKING:
+    from saelens_gemmascope.training.distributed import Collectives
 
 
 def recipe_of(sae: TrainingSAE[Any]) -> GemmaScopeTrainingSAEConfig | None:
@@ -91,7 +95,15 @@ def pending_thresholds(thresholds: list[int], n_training_samples: int) -> list[i
 
 
 class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
-    """``SAETrainer`` that trains ``jumprelu_gemmascope`` SAEs with the exact recipe."""
+    """``SAETrainer`` that trains ``jumprelu_gemmascope`` SAEs with the exact recipe.
+
+    ``collectives`` (set by a data-parallel runner) averages the gradients over the ranks after
+    ``backward``. The first step checks that every tensor it touches is on ``cfg.device``
+    (:mod:`~saelens_gemmascope.training.device_audit`), the run's one device.
+    """
+
+    collectives: Collectives | None = None
+    _audited: bool = False
 
     def __init__(
         self,
@@ -129,10 +141,20 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         self.ensure_input_scale()
         return super().fit()
 
+    def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        output = super().step(batch)
+        if self.collectives is not None:
+            # Data parallel: this step consumed every rank's share of the global batch, so the
+            # sample count (which drives the step count, schedules and checkpoints) is global.
+            self.n_training_samples += batch.shape[0] * (self.collectives.world_size - 1)
+        return output
+
     def _train_step(self, sae: TrainingSAE[Any], sae_in: torch.Tensor) -> TrainStepOutput:
         if self.recipe is None:
             return super()._train_step(sae, sae_in)
         assert isinstance(sae, GemmaScopeTrainingSAE)
+        if not self._audited:  # before any arithmetic, so the error names the tensor
+            audit_devices(self.cfg.device, [*named_training_tensors(self), *batch_tensors(sae_in)])
         sae.train()
         with self.autocast_if_enabled:
             output = sae.training_forward_pass(
@@ -146,10 +168,15 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             )
             self._record_firing(output.feature_acts)
         output.loss.backward()
+        if self.collectives is not None:
+            self.collectives.average_gradients(sae)
         sae.before_optimizer_step()
         if self.recipe.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), self.recipe.max_grad_norm)
         self.optimizer.step()
+        if not self._audited:  # Adam's state exists from the first step on
+            audit_devices(self.cfg.device, named_training_tensors(self))
+            self._audited = True
         self.optimizer.zero_grad()
         sae.after_optimizer_step()
         self.lr_scheduler.step()
@@ -182,11 +209,16 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         self.n_forward_passes_since_fired += 1
         self.n_forward_passes_since_fired[did_fire] = 0
         self.act_freq_scores += fired.sum(0)
-        self.n_frac_active_samples += self.cfg.train_batch_size_samples
+        # The rows this step saw (a data-parallel rank sees its share of the batch).
+        self.n_frac_active_samples += fired.shape[0]
 
 
 class GemmaScopeMultiSAETrainer(MultiSAETrainer):
-    """``MultiSAETrainer`` whose per-SAE trainers are :class:`GemmaScopeSAETrainer`."""
+    """``MultiSAETrainer`` whose per-SAE trainers are :class:`GemmaScopeSAETrainer`.
+
+    ``collectives`` makes it one rank of a data-parallel job: gradients averaged after every
+    ``backward``, input scales estimated over every rank's activations.
+    """
 
     def __init__(
         self,
@@ -196,7 +228,9 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
         data_provider: MultiHookDataProvider,
         evaluator: MultiSAEEvaluatorProtocol | None = None,
         save_checkpoint_fn: SaveCheckpointFn | None = None,
+        collectives: Collectives | None = None,
     ) -> None:
+        self.collectives = collectives
         super().__init__(
             cfg=cfg,
             saes=saes,
@@ -212,6 +246,8 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
             name: GemmaScopeSAETrainer(cfg=per_sae_cfg, sae=sae, data_provider=iter(()))
             for name, sae in self.saes.items()
         }
+        for trainer in self.trainers.values():
+            trainer.collectives = collectives
 
     def ensure_input_scales(self) -> None:
         """Estimate every recipe SAE's C from one shared pass over the multi-hook stream."""
@@ -230,8 +266,9 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
         scales: dict[str, float] = {}
         if scaled_hooks:
             scales = estimate_input_scales(
-                self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate
-            )
+                self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate,
+                combine=self.collectives.sum_meters if self.collectives is not None else None,
+            )  # fmt: skip
         for name, trainer in pending.items():
             assert trainer.recipe is not None
             scaled = trainer.recipe.input_scaling == "unit_mean_squared_norm"

@@ -54,6 +54,7 @@ def main() -> None:
     from saelens_gemmascope.models.loading import load_language_model
     from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
     from saelens_gemmascope.training.preset_config import match_presets
+    from saelens_gemmascope.training.run_spec import RunSpec
     from saelens_gemmascope.training.suite import plan_suite, run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
 
@@ -73,15 +74,13 @@ def main() -> None:
         counts["llm_batches"] += tuple(inputs[0].shape) == LLM_BATCH_SHAPE
 
     model.register_forward_pre_hook(count)
-    overrides = {"prefetch_llm_batches": True} if args.prefetch else {}
-    trainers = group_trainers(
-        args.root, model=model, data="stdlib", n_checkpoints=N_CHECKPOINTS,
-        resume=args.mode == "resume", overrides=overrides,
-    )  # fmt: skip
+    runner = {"prefetch_llm_batches": True} if args.prefetch else {}
+    spec = RunSpec(output=args.root, n_checkpoints=N_CHECKPOINTS, runner=runner)
+    trainers = group_trainers(spec, model=model, resume=args.mode == "resume")
     # SAELens draws the SAEs' initial weights from the global generator, which torch seeds at random
     # in each process: the uninterrupted and the killed run must start from the same weights.
     torch.manual_seed(0)
-    run_suite(plan_suite([preset]), args.root, trainers, progress=lambda _: None)
+    run_suite(plan_suite([preset], spec), args.root, trainers, progress=lambda _: None)
     (args.root / f"lm_tokens-{args.mode}.json").write_text(json.dumps(counts) + "\n")
 
 

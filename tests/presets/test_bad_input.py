@@ -25,6 +25,7 @@ from saelens_gemmascope.training.checks import (
     InsufficientDiskSpaceError,
 )
 from saelens_gemmascope.training.preset_config import match_presets, training_config
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.suite import plan_suite, run_suite
 from saelens_gemmascope.training.suite_training import group_trainers
 
@@ -66,7 +67,7 @@ def test_a_d_in_override_that_does_not_match_the_hook(capsys: pytest.CaptureFixt
     with pytest.raises(
         InputWidthError, match=r"d_in=100 does not match blocks\.12\.hook_resid_post .* 2304 wide"
     ):
-        plan_suite([preset], overrides={"d_in": 100})
+        plan_suite([preset], RunSpec.from_overrides({"d_in": 100}))
     with pytest.raises(InputWidthError, match="2304 wide"):
         training_config(preset, 1e-3, d_in=100)
     # The same d_in as the hook's is accepted (and gives the preset's SAE).
@@ -105,7 +106,7 @@ def test_a_buffer_too_small_for_the_batch_names_the_numbers(capsys: pytest.Captu
     (preset,) = match_presets([TINY_RES])
     overrides = {"train_batch_size_tokens": 4096, "context_size": 128, "n_batches_in_buffer": 8}
     with pytest.raises(BufferTooSmallError) as err:
-        plan_suite([preset], overrides=overrides)
+        plan_suite([preset], RunSpec.from_overrides(overrides))
     message = str(err.value)
     assert "8 * 128 = 1,024 tokens" in message and "train_batch_size_tokens = 4,096" in message
     assert (
@@ -177,6 +178,11 @@ def test_checkpoint_interval_and_token_counts() -> None:
     plan = plan_suite(match_presets(["gemma-2-2b/res/layer_12/width_16k"]))
     (group,) = plan.groups
     assert group.training_tokens == 4 * 10**9
-    assert SuiteTrainers(Path("x"), checkpoint_every_tokens=500 * 10**6).checkpoints_for(group) == 7
-    assert SuiteTrainers(Path("x"), checkpoint_every_tokens=10**10).checkpoints_for(group) == 0
-    assert SuiteTrainers(Path("x"), n_checkpoints=3).checkpoints_for(group) == 3
+    assert (
+        SuiteTrainers(RunSpec(output=Path("x"), checkpoint_every_tokens=500 * 10**6)).checkpoints_for(group)
+        == 7
+    )
+    assert (
+        SuiteTrainers(RunSpec(output=Path("x"), checkpoint_every_tokens=10**10)).checkpoints_for(group) == 0
+    )
+    assert SuiteTrainers(RunSpec(output=Path("x"), n_checkpoints=3)).checkpoints_for(group) == 3

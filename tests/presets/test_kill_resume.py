@@ -34,6 +34,7 @@ from saelens_gemmascope.training.calibration import CalibrationRecord, write_rec
 from saelens_gemmascope.training.preset import TrainingPreset
 from saelens_gemmascope.training.preset_config import PresetSAE, match_presets, multi_config_for
 from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME, StreamPosition
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.suite import plan_suite, run_suite
 from saelens_gemmascope.training.suite_training import group_trainers, latest_checkpoint
 
@@ -130,7 +131,7 @@ def _train(
     preset = _preset()
     write_record(root, CalibrationRecord(PRESET, 0, [], dict(LAMBDAS)))
     trainers = group_trainers(
-        root, model=tiny.tl_model, dataset=data, n_checkpoints=2, resume=resume, cached=cached
+        RunSpec(output=root, n_checkpoints=2), model=tiny.tl_model, dataset=data, resume=resume, cached=cached
     )
     run_suite(plan_suite([preset]), root, trainers, progress=lambda _: None)
 
@@ -228,7 +229,7 @@ def test_sae_lens_own_runner_resumes_our_checkpoint(
 
     def config(resume_from: str | None = None) -> MultiSAETrainingRunnerConfig:
         return multi_config_for(
-            saes, training_tokens=24 * BATCH_TOKENS, lr_warm_up_shape="linear", n_checkpoints=1,
+            saes, RunSpec(sae={"lr_warm_up_shape": "linear"}), training_tokens=24 * BATCH_TOKENS, n_checkpoints=1,
             checkpoint_path=str(tmp_path / "checkpoints"), output_path=str(tmp_path / "out"),
             resume_from_checkpoint=resume_from, logger=LoggingConfig(log_to_wandb=False, wandb_id="run"),
         )  # fmt: skip

@@ -12,6 +12,7 @@ import pytest
 from saelens_gemmascope.models.tiny import TinyGemma2
 from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
 from saelens_gemmascope.training.preset_config import match_presets
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.suite import plan_suite, run_suite
 from saelens_gemmascope.training.suite_training import group_trainers
 
@@ -33,10 +34,8 @@ def test_offline_wandb_and_checkpoint_interval(
     root = tmp_path / "suite"
     write_record(root, CalibrationRecord(preset.name, 0, [], {20.0: 3e-3}))
     messages: list[str] = []
-    trainers = group_trainers(
-        root, model=tiny.tl_model, dataset=token_data, wandb_project="gemmascope-test",
-        checkpoint_every_tokens=10_240, progress=messages.append,
-    )  # fmt: skip
+    spec = RunSpec(output=root, wandb_project="gemmascope-test", checkpoint_every_tokens=10_240)
+    trainers = group_trainers(spec, model=tiny.tl_model, dataset=token_data, progress=messages.append)
     result = run_suite(plan_suite([preset]), root, trainers, progress=messages.append)
     assert len(result.saes) == 1
     # 30,720 tokens, one checkpoint every 10,240: two checkpoints before the end, announced.

@@ -14,6 +14,7 @@ from saelens_gemmascope.directory.manifest import load_manifest
 from saelens_gemmascope.host import load_plugins
 from saelens_gemmascope.training.preset import PresetNotTrainableError, TrainingPreset
 from saelens_gemmascope.training.preset_config import match_presets, parse_assignments, training_config
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.suite import plan_suite
 
 
@@ -125,7 +126,7 @@ def test_cli_set_reaches_the_plan_and_dry_run_prints_it(
     assert "6 SAEs from 2 presets in 1 group(s)" in out
     assert "51,200 tokens per SAE" in out and "memory budget 2.0 MiB (given)" in out
     assert "group0_pass0: 1 SAEs on 1 hook(s)" in out and "do not fit at once: 6 passes" in out
-    plan = plan_suite(match_presets(argv[1:3]), overrides=parse_assignments(["lr=0.01"]))
+    plan = plan_suite(match_presets(argv[1:3]), RunSpec.from_overrides(parse_assignments(["lr=0.01"])))
     assert plan.groups[0].runner_settings["lr"] == 0.01
 
 

@@ -25,6 +25,7 @@ from saelens_gemmascope.models.tiny import TinyGemma2
 from saelens_gemmascope.training.calibration import DEFAULT_GRID, CalibrationRecord, read_record, write_record
 from saelens_gemmascope.training.preset_config import match_presets
 from saelens_gemmascope.training.presets import TINY_L0_TARGETS
+from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.suite import SuitePlan, SuiteResult, plan_suite, run_suite
 from saelens_gemmascope.training.suite_training import group_trainers
 
@@ -184,7 +185,7 @@ def test_an_existing_checkpoint_needs_resume(
     counter = ForwardCounter(phase="first")
     handle = tiny.tl_model.register_forward_pre_hook(counter.hook)
     try:
-        run_suite(plan, tmp_path, group_trainers(tmp_path, model=tiny.tl_model, dataset=token_data, n_checkpoints=1),
+        run_suite(plan, tmp_path, group_trainers(RunSpec(output=tmp_path, n_checkpoints=1), model=tiny.tl_model, dataset=token_data),
                   progress=lambda _: None)  # fmt: skip
         # A crash after the checkpoint: the final outputs are gone, the checkpoint is there.
         for path in sorted((tmp_path / "saes").rglob("*"), reverse=True):
