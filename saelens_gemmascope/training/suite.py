@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +360,7 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
     if main:
         (root / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     trained: list[TrainedSAE] = []
+    pass_seconds: dict[str, float] = {}
     for group in plan.groups:
         train_pass = trainer_for_group(group)
 
@@ -401,14 +403,20 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
                 for r in suite_pass.rungs
             ]
             progress(f"{suite_pass.id}: training {len(saes)} SAEs on {len(suite_pass.hooks)} hook(s)")
+            started = time.perf_counter()
             results = train_pass(saes, group.training_tokens, suite_pass.id)
+            pass_seconds[suite_pass.id] = round(time.perf_counter() - started, 3)
             if main:
                 trained.extend(export_pass(root, suite_pass.id, saes, results, progress))
     releases = register_releases(root) if main else []
     result = SuiteResult(root, tuple(trained), tuple(releases))
     if main:
         (root / "summary.json").write_text(
-            json.dumps({"saes": [vars(s) for s in result.saes], "releases": list(releases)}, indent=2) + "\n"
+            json.dumps(
+                {"saes": [vars(s) for s in result.saes], "releases": list(releases), "pass_seconds": pass_seconds},
+                indent=2,
+            )
+            + "\n"
         )
     return result
 
