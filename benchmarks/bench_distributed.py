@@ -78,5 +78,6 @@ def main() -> None:
         print(f"  {name:6s} wall {wall:6.1f} s  training {training:6.1f} s  {rate:10,.0f} SAE tokens/s  "
               f"x{rate / base:.2f} vs single")  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,12 @@
 """saelens-gemmascope: the Gemma Scope suite as SAELens plugins.
 
 Importing this package loads the built-in and installed plugins and registers them with SAELens
-(architectures, converters, releases); nothing else happens at import.
+(architectures, converters, releases), and registers the local releases recorded by earlier
+processes (:mod:`saelens_gemmascope.directory.local_registry`); nothing else happens at import.
+
+A plugin that fails to load does not make the import fail: the import warns in one line and
+nothing is registered; :func:`load_plugins` (called by the ``gemmascope`` command inside its error
+handling, and by any API that needs the plugins) then raises the one-line error naming the plugin.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ __all__ = [
     "PluginClashError",
     "PluginError",
     "PluginLoadError",
+    "PluginLoadWarning",
     "Registrations",
     "Release",
     "SiteSpec",
@@ -38,4 +44,24 @@ __all__ = [
     "load_plugins",
 ]
 
-load_plugins()
+
+class PluginLoadWarning(UserWarning):
+    """The plugins could not be loaded at import; :func:`load_plugins` raises the reason."""
+
+
+def _load_at_import() -> None:
+    import warnings
+
+    try:
+        load_plugins()
+    except PluginError as err:
+        # One line, no source line under it (warn_explicit without a real file to quote).
+        warnings.warn_explicit(
+            f"no plugin was applied to SAELens: {err}", PluginLoadWarning, filename=PROJECT_NAME, lineno=0
+        )
+    from saelens_gemmascope.directory.local import register_recorded_releases
+
+    register_recorded_releases()
+
+
+_load_at_import()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Set before anything imports huggingface_hub, which reads these once.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -10,6 +11,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
+# The package's cache (conversions, the registry of local releases) in a throwaway folder: tests never
+# read or write the user's, and releases registered by one test session are not seen by the next.
+os.environ["SAELENS_GEMMASCOPE_CACHE"] = tempfile.mkdtemp(prefix="gemmascope-test-cache-")
 
 import pytest
 import torch

@@ -1,21 +1,47 @@
-"""The ``gemmascope`` command: thin sub-commands, each calling one public function."""
+"""The ``gemmascope`` command: thin sub-commands, each calling one public function.
+
+Every failure a user can cause is reported the same way: ``gemmascope <command>: error: <message>``
+and a hint line on stderr, exit status 2, before anything is written (``GEMMASCOPE_TRACEBACK=1``
+shows the traceback instead). Plugins are loaded inside that handling, so a broken third-party
+plugin is one line naming its distribution and entry point, not a traceback. An interrupt exits
+with 128 + the signal number (130 for SIGINT, 143 for SIGTERM) and one line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import NoReturn
 
 #: Modules under saelens_gemmascope.cli that each define ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "evaluate", "train", "demo")
+COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "releases", "evaluate", "train", "demo")
+
+
+class UsageError(Exception):
+    """A command line argparse refuses (unknown option, a value of the wrong type)."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors reach :func:`main` (one line, exit 2) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(self.prog, message)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from saelens_gemmascope import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="gemmascope", description="Gemma Scope SAEs in SAELens: load, train, evaluate."
     )
     parser.add_argument("--version", action="version", version=f"saelens-gemmascope {__version__}")
@@ -28,31 +54,91 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Set to 1 to see the traceback of an error the command reports in one line.
 TRACEBACK_VARIABLE = "GEMMASCOPE_TRACEBACK"
+TRACEBACK_HINT = f"(set {TRACEBACK_VARIABLE}=1 to see the traceback)"
 
 #: Errors that describe bad input (names, widths, sizes, files, plugins): one line, no traceback.
 #: Every message of this package's errors says what was wrong and what to change.
 USER_ERRORS: tuple[type[BaseException], ...] = (KeyError, ValueError, OSError, NotImplementedError)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
     from saelens_gemmascope.host import PluginError
     from saelens_gemmascope.models.loading import ModelUnavailableError
 
     return (*USER_ERRORS, PluginError, ModelUnavailableError)
 
 
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a KeyError's message without the quotes repr adds)."""
+    message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(line.strip() for line in message.splitlines() if line.strip()) or type(error).__name__
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> str:
+    """`` Did you mean: a, b?`` for the candidates close to ``word`` (empty when none is)."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(candidates), n=3, cutoff=0.6)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def check_output_folder(out: str) -> None:
+    """The output folder can be made (checked before a run, not when it writes its first file)."""
+    path = Path(out)
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise ValueError(f"{out}: cannot be an output folder, {blocking} is a file")
+
+
+def report_error(command: str | None, error: BaseException) -> int:
+    """Print the two lines of a user error and return the exit status 2."""
+    prefix = f"gemmascope {command}" if command else "gemmascope"
+    print(f"{prefix}: error: {one_line(error)}", file=sys.stderr)
+    print(TRACEBACK_HINT, file=sys.stderr)
+    return 2
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def reporting_errors(command: str, handler: Handler) -> Handler:
+    """``handler`` with user errors reported as :func:`report_error` does (for handlers that are
+    also called directly, without :func:`main`)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except user_errors() as error:
+            if os.environ.get(TRACEBACK_VARIABLE) == "1":
+                raise
+            return report_error(command, error)
+
+    return run
+
+
+def _interrupted(error: KeyboardInterrupt) -> int:
+    """128 + the signal's number (a ``TrainingInterrupted`` carries ``signum``; Ctrl-C is SIGINT)."""
+    signum = int(getattr(error, "signum", signal.SIGINT))
+    print(str(error) or "interrupted", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(f"{error.prog}: error: {error.message}", file=sys.stderr)
+        print(f"(see `{error.prog} --help`)", file=sys.stderr)
+        return 2
+    try:
+        from saelens_gemmascope import load_plugins
+
+        load_plugins()  # a no-op when the import loaded them; else the one-line reason
         return int(args.handler(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except _user_errors() as error:
+    except KeyboardInterrupt as error:
+        return _interrupted(error)
+    except user_errors() as error:
         if os.environ.get(TRACEBACK_VARIABLE) == "1":
             raise
-        message = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-        print(f"gemmascope {args.command}: error: {message}", file=sys.stderr)
-        print(f"(set {TRACEBACK_VARIABLE}=1 to see the traceback)", file=sys.stderr)
-        return 2
+        return report_error(args.command, error)

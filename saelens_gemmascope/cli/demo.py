@@ -22,6 +22,29 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=run)
 
 
+def check_demo_model(settings: Any) -> None:
+    """The demo's model must be registered and have a preset for every SAE the demo trains; checked
+    before the output folder is made."""
+    from saelens_gemmascope.cli import close_matches
+    from saelens_gemmascope.demo import demo_presets
+    from saelens_gemmascope.host import load_plugins
+    from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
+
+    models = set(load_plugins().models) | {PRETRAINED_TINY_NAME}
+    if settings.model not in models:
+        raise ValueError(
+            f"--model {settings.model!r}: not a registered model.{close_matches(settings.model, models)} "
+            f"Known: {', '.join(sorted(models))}"
+        )
+    try:
+        demo_presets(settings)
+    except KeyError as err:
+        raise ValueError(
+            f"--model {settings.model!r} has no training preset {err.args[0]!r}, which the demo trains "
+            "(list the model's presets with: gemmascope presets)"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
@@ -30,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     settings = QUICK_SETTINGS if args.quick else DemoSettings()
     if args.model:
         settings = dataclasses.replace(settings, model=args.model)
+    check_demo_model(settings)
     result = run_demo(args.out, settings, progress=not args.no_progress)
     print(result.summary.read_text())
     print(f"Everything is in {result.out_dir.resolve()} (report: {result.report})")

@@ -33,28 +33,35 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 
 def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """User mistakes (unknown names, missing files) print their message, not a traceback."""
+    """User mistakes (unknown names, missing files) print one error line and a hint, not a traceback."""
+    from saelens_gemmascope.cli import reporting_errors
 
-    def run(args: argparse.Namespace) -> int:
-        from saelens_gemmascope.directory import (
-            ParamsFileError,
-            SaeFileUnavailableError,
-            UnknownReleaseError,
-            UnknownSaeIdError,
-        )
+    return reporting_errors(command.__name__.removeprefix("run_"), command)
 
-        try:
-            return command(args)
-        except (UnknownReleaseError, UnknownSaeIdError, SaeFileUnavailableError, ParamsFileError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
 
-    return run
+def _check_ls_filters(args: argparse.Namespace) -> None:
+    """A filter value no released SAE has is a mistake (exit 2), not an empty listing."""
+    from saelens_gemmascope.cli import close_matches
+    from saelens_gemmascope.directory import load_manifest
+
+    variants = list(load_manifest().variants())
+    for option, value, known in (
+        ("--model", args.model, {v.model for v in variants}),
+        ("--width", args.width, {v.width for v in variants}),
+        ("--layer", args.layer, {v.layer for v in variants} - {None}),
+    ):
+        if value is not None and value not in known:
+            shown = sorted(known, key=lambda k: (len(str(k)), str(k)))
+            raise ValueError(
+                f"{option} {value}: no released SAE has it.{close_matches(str(value), map(str, known))} "
+                f"Known: {', '.join(map(str, shown))}"
+            )
 
 
 def run_ls(args: argparse.Namespace) -> int:
     from saelens_gemmascope.directory import list_saes
 
+    _check_ls_filters(args)
     variants = list_saes(
         model=args.model, site=args.site, layer=args.layer, width=args.width, release=args.release
     )

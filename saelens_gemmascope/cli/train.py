@@ -117,6 +117,11 @@ def run_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+#: No run has more tokens than this (1e15, a thousand times Gemma Scope's largest budget): a bigger
+#: count is a typo (or ``inf``), and refusing it keeps every later product an exact int.
+MAX_TOKENS = 10**15
+
+
 def parse_count(text: str | None) -> int | None:
     """``500M``, ``2B``, ``250k`` or ``1000000`` as an int (None stays None)."""
     if text is None:
@@ -126,12 +131,33 @@ def parse_count(text: str | None) -> int | None:
     scale = units.get(text[-1:].lower(), 1)
     number = text[:-1] if scale != 1 else text
     try:
-        value = round(float(number) * scale)
+        value = float(number) * scale
     except ValueError:
         raise ValueError(f"expected a token count such as 500M, 2B or 250000, got {text!r}") from None
-    if value <= 0:
+    if not math.isfinite(value) or value > MAX_TOKENS:
+        raise ValueError(f"the token count must be a finite number up to {MAX_TOKENS:.0e}, got {text!r}")
+    if round(value) <= 0:
         raise ValueError(f"the token count must be positive, got {text!r}")
-    return value
+    return round(value)
+
+
+def parse_memory_budget(text: str | None) -> int | None:
+    """``--memory-budget`` in bytes: a positive, finite size (``inf`` or ``1e999`` is refused)."""
+    from saelens_gemmascope.training.memory import parse_bytes
+
+    if text is None:
+        return None
+    number = text.strip().rstrip("BbIiKkMmGgTt").strip()
+    try:
+        finite = math.isfinite(float(number))
+    except ValueError:
+        finite = True  # not a plain number: parse_bytes names the problem
+    if not finite:
+        raise ValueError(f"--memory-budget must be a finite size such as 40GiB, got {text!r}")
+    budget = parse_bytes(text)
+    if budget <= 0:
+        raise ValueError(f"--memory-budget must be positive, got {text!r}")
+    return budget
 
 
 def _floats(text: str | None, option: str) -> list[float] | None:
@@ -153,6 +179,8 @@ def _checked_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--checkpoints must be 0 or more, got {args.checkpoints}")
     if args.refine_rounds < 0:
         raise ValueError(f"--refine-rounds must be 0 or more, got {args.refine_rounds}")
+    if args.wandb is not None and not args.wandb.strip():
+        raise ValueError("--wandb takes a project name; got an empty one")
     if args.distributed and args.cached_activations:
         raise ValueError(
             "--cached-activations is not built for --distributed (each rank would cache its own shard); "
@@ -179,33 +207,101 @@ def run_spec_from_args(args: argparse.Namespace) -> Any:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from saelens_gemmascope.training.memory import parse_bytes
+    from saelens_gemmascope.cli import check_output_folder
     from saelens_gemmascope.training.preset_config import match_presets
     from saelens_gemmascope.training.run_spec import check_device_available
-    from saelens_gemmascope.training.suite import plan_suite, run_suite
+    from saelens_gemmascope.training.suite import run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
 
     _checked_args(args)
+    check_output_folder(args.output)
     spec = run_spec_from_args(args)
     grid = _floats(args.calibration_grid, "--calibration-grid")
-    plan = plan_suite(
-        match_presets(args.patterns),
-        spec,
-        memory_budget=parse_bytes(args.memory_budget) if args.memory_budget else None,
-        l0_coefficients=_floats(args.l0_coefficients, "--l0-coefficients"),
-    )
+    plan = _plan(args, match_presets(args.patterns), spec)
+    check_training_length(plan)
     main_rank = spec.distributed is None or spec.distributed.is_main
     if main_rank:
         print(plan.describe())
     check_device_available(spec.device)
+    check_training_data(spec.data)
     if args.dry_run:
         return 0
     if spec.distributed is not None:
         return _run_distributed(args, plan, grid)
     trainers = group_trainers(spec, cached=args.cached_activations, resume=args.resume)
+    _load_models_first(plan, trainers)
     result = run_suite(plan, spec.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
     print(result.summary())
     return 0
+
+
+def _plan(args: argparse.Namespace, presets: Any, spec: Any) -> Any:
+    from saelens_gemmascope.training.suite import plan_suite
+
+    try:
+        return plan_suite(
+            presets,
+            spec,
+            memory_budget=parse_memory_budget(args.memory_budget),
+            l0_coefficients=_floats(args.l0_coefficients, "--l0-coefficients"),
+        )
+    except MemoryError as err:  # planning is arithmetic: this is a budget too small for one SAE
+        raise ValueError(f"--memory-budget {args.memory_budget}: {err}") from None
+
+
+def check_training_length(plan: Any) -> None:
+    """Every group trains at least one batch: fewer tokens would export SAEs that never trained."""
+    from saelens_gemmascope.training.config import RECIPE_RUNNER_DEFAULTS
+
+    for group in plan.groups:
+        key = "train_batch_size_tokens"
+        batch = int(group.runner_settings.get(key, RECIPE_RUNNER_DEFAULTS[key]))
+        if group.training_tokens < batch:
+            raise ValueError(
+                f"training_tokens={group.training_tokens:,} for {group.model_name} is less than one batch "
+                f"({key}={batch:,}): the SAEs would be exported untrained; train for at least {batch:,} tokens"
+            )
+
+
+def check_training_data(source: str) -> None:
+    """``--data`` names something that can give tokens: checked before the output folder is made
+    (a missing or empty folder otherwise fails after plan.json is written)."""
+    from pathlib import Path
+
+    from saelens_gemmascope.training.data import STDLIB_SOURCE, load_training_data
+
+    path = Path(source).expanduser()
+    if source == STDLIB_SOURCE:
+        return
+    if not path.exists():
+        if source.startswith(("/", "./", "../", "~")) or path.is_absolute():
+            raise ValueError(f"--data {source}: no such folder (expected a folder saved with save_to_disk)")
+        return  # a hub dataset name, streamed when the run starts
+    if not path.is_dir():
+        raise ValueError(f"--data {source}: not a folder (expected a folder saved with save_to_disk)")
+    try:
+        dataset = load_training_data(str(path), None, 0)
+    except (FileNotFoundError, IndexError) as err:  # datasets raises IndexError for zero shards
+        raise ValueError(
+            f"--data {source}: not a dataset saved with save_to_disk, or one with no rows ({err})"
+        ) from None
+    columns = set(dataset.column_names or [])
+    if not columns & {"input_ids", "tokens", "text"}:
+        raise ValueError(f"--data {source}: no input_ids, tokens or text column (has {sorted(columns)})")
+    if len(dataset) == 0:
+        raise ValueError(f"--data {source}: the dataset has no rows")
+
+
+def _load_models_first(plan: Any, trainers: Any) -> None:
+    """Load every language model of the plan (and check its hook widths) before the run writes
+    anything: an unavailable model is then one line with nothing left behind."""
+    from saelens_gemmascope.training.checks import check_hook_widths
+
+    language_model = getattr(trainers, "language_model", None)
+    if language_model is None:  # trainers of another kind load their models themselves
+        return
+    for group in plan.groups:
+        check_hook_widths(language_model(group.model_name), {p.hook_name: p.d_in for p in group.presets})
 
 
 def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | None) -> int:

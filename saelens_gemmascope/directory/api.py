@@ -109,7 +109,7 @@ def fetch_sae(
     variant = resolve(release, sae_id)
     converter = default_converter()
     target = converter.target(variant.repo_id, variant.folder)
-    loaded = converter.read_params(target, force_download=force_download, mirror=mirror)
+    loaded = converter.read_params(target, force_download=force_download, mirror=mirror, fetch=True)
     return FetchResult(loaded.origin, loaded.path, converter.cache_path(variant.repo_id, variant.folder))
 
 
@@ -128,8 +128,9 @@ def load_sae(
     package's (tests pass one over a tiny manifest)."""
     from sae_lens import SAE
 
-    import saelens_gemmascope  # noqa: F401 (importing applies the plugins to SAELens's directory)
+    from saelens_gemmascope import load_plugins
 
+    load_plugins()  # the releases and converters; a plugin that failed at import raises here
     resolve(release, sae_id)
     loader = partial((converter or default_converter()).load, mirror=mirror)
     return SAE.from_pretrained(

@@ -20,7 +20,7 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,11 +28,23 @@ from typing import Any
 import torch
 from sae_lens.util import str_to_dtype
 
-from saelens_gemmascope.directory.cache import cache_root, converted_path, read_converted, write_converted
+from saelens_gemmascope.directory.cache import (
+    Provenance,
+    cache_root,
+    converted_path,
+    look_up_converted,
+    write_converted,
+)
 from saelens_gemmascope.directory.errors import UnknownRepoError
 from saelens_gemmascope.directory.manifest import EMBEDDING, ReleaseSpec, SuiteManifest, load_manifest
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
-from saelens_gemmascope.directory.sources import SourceFile, download_params, find_local_params
+from saelens_gemmascope.directory.sources import (
+    SourceFile,
+    download_params,
+    find_local_params,
+    root_key,
+    source_roots,
+)
 from saelens_gemmascope.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -71,11 +83,13 @@ class ConversionTarget:
 
 @dataclass(frozen=True)
 class LoadedParams:
-    """Raw Gemma Scope parameters and where they were read from."""
+    """Raw Gemma Scope parameters, where they were read from, and (for the conversion cache) the
+    source that conversion was made from."""
 
     state_dict: dict[str, torch.Tensor]
     origin: str  # "conversion-cache", "mirror", "hf-cache" or "hub"
     path: Path
+    provenance: Provenance | None = None
 
 
 def _default_models() -> dict[str, ModelSpec]:
@@ -230,7 +244,10 @@ class GemmaScopeConverter:
         target = self.target(repo_id, folder_name)
         cfg = self.config_for(target, device, cfg_overrides)
         loaded = self.read_params(target, force_download=force_download, mirror=mirror)
-        logger.debug("%s/%s read from %s (%s)", repo_id, folder_name, loaded.origin, loaded.path)
+        provenance = f"; {loaded.provenance.describe()}" if loaded.provenance is not None else ""
+        logger.debug(
+            "%s/%s read from %s (%s%s)", repo_id, folder_name, loaded.origin, loaded.path, provenance
+        )
         state_dict = adapt_state_dict(target, loaded.state_dict)
         dtype = str_to_dtype(cfg.get("dtype", "float32"))
         state_dict = {key: value.to(device=device, dtype=dtype) for key, value in state_dict.items()}
@@ -242,24 +259,51 @@ class GemmaScopeConverter:
         *,
         force_download: bool = False,
         mirror: str | os.PathLike[str] | None = None,
+        fetch: bool = False,
     ) -> LoadedParams:
-        """The raw, validated parameters: from the conversion cache when it matches the local source,
-        else converted from the mirror / Hugging Face cache / hub copy (and cached)."""
+        """The raw, validated parameters: from the conversion cache when its recorded provenance fits
+        this load (see :mod:`saelens_gemmascope.directory.cache`) and its checksum holds, else
+        converted from the mirror / Hugging Face cache / hub copy (and cached). ``fetch`` (for
+        ``gemmascope fetch``) marks the conversion as kept for offline use, whatever its source."""
         cached_file = self.cache_path(target.repo_id, target.folder)
         local = None if force_download else find_local_params(target.repo_id, target.folder, mirror)
+        refused = None
         if not force_download:
-            # With no local npz left (e.g. the HF cache was cleared after `gemmascope fetch`), any
-            # converted copy is trusted: it was validated when written.
-            fingerprint = local.fingerprint() if local is not None else None
-            cached = read_converted(cached_file, fingerprint)
-            if cached is not None and _shapes_match(cached, target):
-                return LoadedParams(cached, "conversion-cache", cached_file)
+            lookup = look_up_converted(
+                cached_file,
+                local.fingerprint() if local is not None else None,
+                repo_id=target.repo_id,
+                folder=target.folder,
+                trusted_roots=source_roots(mirror),
+            )
+            cached = lookup.conversion
+            if cached is not None and _shapes_match(cached.state_dict, target):
+                provenance = cached.provenance
+                if fetch and not provenance.fetched:  # re-written, marked as kept for offline use
+                    provenance = replace(provenance, fetched=True)
+                    write_converted(cached_file, cached.state_dict, provenance)
+                return LoadedParams(cached.state_dict, "conversion-cache", cached_file, provenance)
+            if lookup.refused is not None:
+                refused = f"the conversion cache {cached_file} was not used: {lookup.refused}"
         source: SourceFile = local or download_params(
-            target.repo_id, target.folder, force_download=force_download, mirror=mirror
+            target.repo_id, target.folder, force_download=force_download, mirror=mirror, note=refused
         )
+        # Validated before anything is cached: a bad npz (NaN, negative thresholds...) is never cached.
         state_dict = read_params_npz(source.path, target.expected_shapes)
-        write_converted(cached_file, state_dict, source.fingerprint())
-        return LoadedParams(state_dict, source.origin, source.path)
+        provenance = replace(_provenance(target, source), fetched=fetch)
+        write_converted(cached_file, state_dict, provenance)
+        return LoadedParams(state_dict, source.origin, source.path, provenance)
+
+
+def _provenance(target: ConversionTarget, source: SourceFile) -> Provenance:
+    return Provenance(
+        repo_id=target.repo_id,
+        folder=target.folder,
+        origin=source.origin,
+        source_path=str(source.path),
+        source_root=root_key(source.root),
+        source_fingerprint=source.fingerprint(),
+    )
 
 
 def _shapes_match(state_dict: Mapping[str, torch.Tensor], target: ConversionTarget) -> bool:

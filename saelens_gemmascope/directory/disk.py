@@ -30,11 +30,28 @@ from saelens_gemmascope.directory.sources import PARAMS_FILENAME
 SIDECAR_FILENAME = "gemmascope.json"
 
 
+def _read_sidecar(sidecar: Path) -> dict[str, str]:
+    """The sidecar's two strings (release + sae_id, or repo_id + folder); errors name the file."""
+    expected = '{"release": ..., "sae_id": ...} or {"repo_id": ..., "folder": ...}'
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{sidecar}: not valid JSON ({err}); expected {expected}") from None
+    for keys in (("release", "sae_id"), ("repo_id", "folder")):
+        if isinstance(info, dict) and keys[0] in info:
+            if not all(isinstance(info.get(key), str) and info[key] for key in keys):
+                raise ValueError(
+                    f"{sidecar}: {' and '.join(keys)} must both be non-empty strings; got {info}"
+                )
+            return info
+    raise ValueError(f"{sidecar}: expected {expected}, got {info!r}")
+
+
 def identify_folder(path: Path, converter: GemmaScopeConverter) -> tuple[str, str]:
     """(repo_id, hub folder) of a local SAE folder, from its sidecar or its path."""
     sidecar = path / SIDECAR_FILENAME
     if sidecar.is_file():
-        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        info = _read_sidecar(sidecar)
         if "release" in info:
             variant = resolve(info["release"], info["sae_id"])
             return variant.repo_id, variant.folder

@@ -2,12 +2,20 @@
 
 ``register_local_release(root)`` adds one entry to SAELens's pretrained-SAE directory (the cached
 dict ``get_pretrained_saes_directory()`` returns) whose ``repo_id`` is the folder and whose
-converter, ``gemmascope_local``, reads ``params.npz`` and ``release.json`` from disk. It is an
-explicit call, never done at import: the folder is the user's.
+converter, ``gemmascope_local``, reads ``params.npz`` and ``release.json`` from disk, and records
+the name in the persistent registry (:mod:`.local_registry`), from which importing the package
+registers it again in later processes.
+
+Names are unique per folder: a folder is ``local/<folder name>`` (a training run's release folder,
+``<run>/release/<model>-<site>``, is ``local/<run name>/<model>-<site>``) unless another folder
+already holds that name, in which case the name carries a short hash of the folder's absolute path
+(``local/<run name>-1a2b3c4d/<model>-<site>``). The same folder always gets the same name back.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +27,18 @@ from sae_lens.loading.pretrained_sae_loaders import (
 )
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
+from saelens_gemmascope.directory import local_registry
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
-from saelens_gemmascope.training.export import read_release_manifest
+from saelens_gemmascope.training.export import RELEASE_FILE, read_release_manifest
 
 LOCAL_CONVERTER_NAME = "gemmascope_local"
+#: A training run writes its release folders as ``<run>/release/<model>-<site>``
+#: (:mod:`saelens_gemmascope.training.suite_export`); their names start with the run's folder name.
+SUITE_RELEASE_DIR = "release"
+
+
+class LocalReleaseClashError(ValueError):
+    """A release name already held by another folder (or by a released suite)."""
 
 
 def _entry(root: Path, folder_name: str) -> dict[str, Any]:
@@ -94,27 +110,55 @@ def _ensure_converter() -> None:
             raise ValueError(f"another converter is already registered as {LOCAL_CONVERTER_NAME!r}")
 
 
-def register_local_release(root: str | Path, release_name: str | None = None) -> str:
-    """Register the exports under ``root`` as a SAELens release and return its name.
+def _short_hash(folder: Path) -> str:
+    return hashlib.sha256(str(folder).encode("utf-8")).hexdigest()[:8]
 
-    ``release_name`` defaults to ``local/<folder name>``. Registering the same folder again
-    refreshes the entry (new exports become visible); a name already used by another release
-    raises. Afterwards ``SAE.from_pretrained(name, "layer_1/width_512/average_l0_37")`` loads it.
-    """
-    root = Path(root).resolve()
-    manifest = read_release_manifest(root)
-    if not manifest["saes"]:
-        raise ValueError(f"{root}: no {Path('release.json')} with exported SAEs")
-    name = release_name or f"local/{root.name}"
-    directory = get_pretrained_saes_directory()
-    existing = directory.get(name)
-    if existing is not None and (
-        existing.conversion_func != LOCAL_CONVERTER_NAME or existing.repo_id != str(root)
-    ):
-        raise ValueError(f"release {name!r} is already registered (repo {existing.repo_id!r})")
+
+def _name_candidates(folder: Path) -> tuple[str, str]:
+    """(plain name, name with the folder's hash) of a resolved release folder."""
+    if folder.parent.name == SUITE_RELEASE_DIR:
+        run = folder.parent.parent
+        return f"local/{run.name}/{folder.name}", f"local/{run.name}-{_short_hash(run)}/{folder.name}"
+    return f"local/{folder.name}", f"local/{folder.name}-{_short_hash(folder)}"
+
+
+def _recorded(*, quiet: bool = False) -> dict[str, Path]:
+    """The persistent registry, or nothing when it cannot be read (with a warning unless ``quiet``:
+    a registration warns anyway when it sets the damaged file aside)."""
+    try:
+        return local_registry.read_registry()
+    except (local_registry.ReleaseRegistryError, OSError) as err:
+        if not quiet:
+            local_registry.warn_one_line(f"{err}; local releases of earlier runs are not available")
+        return {}
+
+
+def _holders(name: str) -> set[str]:
+    """Where ``name`` points now: this process's SAELens directory and the persistent registry."""
+    holders = set()
+    existing = get_pretrained_saes_directory().get(name)
+    if existing is not None:
+        holders.add(
+            existing.repo_id
+            if existing.conversion_func == LOCAL_CONVERTER_NAME
+            else f"the released {existing.repo_id}"
+        )
+    recorded = _recorded(quiet=True).get(name)
+    if recorded is not None:
+        holders.add(str(recorded))
+    return holders
+
+
+def local_release_name(folder: str | Path) -> str:
+    """The name ``register_local_release(folder)`` gives (or gave) this folder."""
+    folder = Path(folder).resolve()
+    plain, hashed = _name_candidates(folder)
+    return plain if _holders(plain) <= {str(folder)} else hashed
+
+
+def _lookup(name: str, root: Path, manifest: dict[str, Any]) -> PretrainedSAELookup:
     models = {e.get("model_name") for e in manifest["saes"]}
-    _ensure_converter()
-    directory[name] = PretrainedSAELookup(
+    return PretrainedSAELookup(
         release=name,
         repo_id=str(root),
         model=models.pop() if len(models) == 1 else "mixed",  # type: ignore[arg-type]
@@ -126,4 +170,107 @@ def register_local_release(root: str | Path, release_name: str | None = None) ->
         norm_scaling_factor={},
         config_overrides=None,
     )
+
+
+def register_local_release(
+    root: str | Path, release_name: str | None = None, *, persist: bool | None = None
+) -> str:
+    """Register the exports under ``root`` as a SAELens release and return its name.
+
+    ``release_name`` defaults to :func:`local_release_name` (unique per folder). Registering the
+    same folder again refreshes the entry (new exports become visible); a name another folder or
+    release holds raises :class:`LocalReleaseClashError` naming both. With ``persist`` the name is
+    recorded in the registry in the cache directory, so that it loads in later processes too; by
+    default only the folder's own name is (an explicit name, such as a script's ``"latest"`` given
+    to a new folder on every run, stays in this process unless ``persist=True``). Afterwards
+    ``SAE.from_pretrained(name, "layer_1/width_512/average_l0_37")`` loads it.
+    """
+    root = Path(root).resolve()
+    manifest = read_release_manifest(root)
+    if not manifest["saes"]:
+        raise ValueError(f"{root}: no {RELEASE_FILE} with exported SAEs")
+    name = release_name or local_release_name(root)
+    others = sorted(_holders(name) - {str(root)})
+    if others:
+        raise _clash(name, others, root)
+    if persist or (persist is None and release_name is None):
+        _persist(name, root)
+    _ensure_converter()
+    get_pretrained_saes_directory()[name] = _lookup(name, root, manifest)
     return name
+
+
+def _clash(name: str, others: list[str], root: Path) -> LocalReleaseClashError:
+    return LocalReleaseClashError(
+        f"release {name!r} is already registered for {' and '.join(others)}; cannot also register {root} "
+        f"under it: choose another release_name, or free the name with `gemmascope releases --remove {name}`"
+    )
+
+
+def _persist(name: str, root: Path) -> None:
+    try:
+        local_registry.record_release(name, root)
+    except local_registry.RecordedNameTakenError as err:
+        raise _clash(name, [str(err.holder)], root) from None
+    except OSError as err:
+        local_registry.warn_one_line(
+            f"could not record release {name!r} in {local_registry.registry_path()} ({err}); "
+            "the name works in this process only"
+        )
+
+
+def register_recorded_releases() -> list[str]:
+    """Register every recorded release whose folder still holds a ``release.json`` (at import).
+
+    A folder that disappeared is skipped silently (``gemmascope releases`` reports it); one whose
+    manifest no longer validates, or whose name is now taken, is skipped with a one-line warning.
+    """
+    names = []
+    for name, folder in _recorded().items():
+        if not (folder / RELEASE_FILE).is_file():
+            continue
+        try:
+            names.append(register_local_release(folder, name, persist=False))
+        except (ValueError, OSError) as err:
+            local_registry.warn_one_line(
+                f"local release {name!r} not registered: {err} (forget it with `gemmascope releases --remove {name}`)"
+            )
+    return names
+
+
+@dataclass(frozen=True)
+class RecordedRelease:
+    """One entry of the persistent registry and whether it loads."""
+
+    name: str
+    folder: Path
+    n_saes: int
+    problem: str | None  # None: loads; else why not (folder gone, manifest invalid)
+
+
+def recorded_releases() -> list[RecordedRelease]:
+    """Every entry of the persistent registry, checked (raises when the registry file is corrupt)."""
+    found = []
+    for name, folder in local_registry.read_registry().items():
+        n_saes, problem = 0, None
+        if not folder.is_dir():
+            problem = "folder not found (moved or deleted)"
+        elif not (folder / RELEASE_FILE).is_file():
+            problem = f"no {RELEASE_FILE} in the folder"
+        else:
+            try:
+                n_saes = len(read_release_manifest(folder)["saes"])
+            except (ValueError, OSError) as err:
+                problem = str(err)
+        found.append(RecordedRelease(name, folder, n_saes, problem))
+    return found
+
+
+def remove_local_release(name: str) -> Path:
+    """Forget ``name`` in the registry and in this process; the folder itself is left as it is."""
+    folder = local_registry.forget_release(name)
+    directory = get_pretrained_saes_directory()
+    entry = directory.get(name)
+    if entry is not None and entry.conversion_func == LOCAL_CONVERTER_NAME:
+        del directory[name]
+    return folder

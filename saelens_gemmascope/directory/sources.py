@@ -24,10 +24,12 @@ Origin = Literal["mirror", "hf-cache", "hub"]
 
 @dataclass(frozen=True)
 class SourceFile:
-    """A local params.npz and how it got there."""
+    """A local params.npz, how it got there, and the root it was found under (the mirror root or the
+    Hugging Face cache): recorded with its conversion."""
 
     path: Path
     origin: Origin
+    root: Path
 
     def fingerprint(self) -> str:
         """Changes whenever the file does: hub cache blobs are named by content hash, and a mirror
@@ -47,6 +49,22 @@ def mirror_path(root: Path, repo_id: str, folder: str) -> Path:
     return root / repo_id / folder / PARAMS_FILENAME
 
 
+def hf_cache_root() -> Path:
+    """The Hugging Face hub cache in use now (read at each call, like huggingface_hub does)."""
+    return Path(hf_constants.HF_HUB_CACHE).expanduser()
+
+
+def root_key(root: Path) -> str:
+    """How a source root is recorded and compared: absolute, symlinks resolved."""
+    return str(root.resolve())
+
+
+def source_roots(mirror: str | os.PathLike[str] | None = None) -> list[str]:
+    """The places a load reads params.npz from now: the mirror root, if any, and the HF cache."""
+    root = mirror_root(mirror)
+    return [root_key(r) for r in (root, hf_cache_root()) if r is not None]
+
+
 def find_local_params(
     repo_id: str, folder: str, mirror: str | os.PathLike[str] | None = None
 ) -> SourceFile | None:
@@ -55,10 +73,10 @@ def find_local_params(
     if root is not None:
         candidate = mirror_path(root, repo_id, folder)
         if candidate.is_file():
-            return SourceFile(candidate, "mirror")
+            return SourceFile(candidate, "mirror", root)
     cached = try_to_load_from_cache(repo_id, f"{folder}/{PARAMS_FILENAME}")
     if isinstance(cached, str):
-        return SourceFile(Path(cached), "hf-cache")
+        return SourceFile(Path(cached), "hf-cache", hf_cache_root())
     return None
 
 
@@ -67,10 +85,16 @@ def hub_is_offline() -> bool:
 
 
 def download_params(
-    repo_id: str, folder: str, *, force_download: bool = False, mirror: str | os.PathLike[str] | None = None
+    repo_id: str,
+    folder: str,
+    *,
+    force_download: bool = False,
+    mirror: str | os.PathLike[str] | None = None,
+    note: str | None = None,
 ) -> SourceFile:
-    """Download (or re-use the cached) params.npz from the hub; clear advice when that is impossible."""
-    looked = _looked_in(repo_id, folder, mirror)
+    """Download (or re-use the cached) params.npz from the hub; clear advice when that is impossible.
+    ``note`` is added to that advice (e.g. why a conversion-cache file was not used)."""
+    looked = _looked_in(repo_id, folder, mirror) + (f"; {note}" if note else "")
     if hub_is_offline():
         raise SaeFileUnavailableError(
             repo_id, folder, f"HF_HUB_OFFLINE is set and there is no local copy ({looked})"
@@ -81,7 +105,7 @@ def download_params(
         )
     except (OfflineModeIsEnabled, EntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise SaeFileUnavailableError(repo_id, folder, f"the hub download failed ({err}); {looked}") from err
-    return SourceFile(Path(path), "hub")
+    return SourceFile(Path(path), "hub", hf_cache_root())
 
 
 def _looked_in(repo_id: str, folder: str, mirror: str | os.PathLike[str] | None) -> str:

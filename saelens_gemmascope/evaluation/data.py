@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
+from numbers import Integral
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,6 +43,10 @@ def _field(row: Mapping[str, Any], dotted: str) -> Any:
     return value
 
 
+class EvalDataError(ValueError):
+    """Evaluation tokens that cannot be used: sizes, missing columns, ids the model does not have."""
+
+
 def _row_ids(row: Mapping[str, Any], tokenizer: Any) -> list[int]:
     for column in TOKEN_COLUMNS:
         if column in row:
@@ -48,7 +54,38 @@ def _row_ids(row: Mapping[str, Any], tokenizer: Any) -> list[int]:
             return ids.tolist() if hasattr(ids, "tolist") else list(ids)
     if TEXT_COLUMN in row:
         return list(tokenizer(row[TEXT_COLUMN])["input_ids"])
-    raise ValueError(f"a dataset row needs one of {(*TOKEN_COLUMNS, TEXT_COLUMN)}; got {sorted(row)}")
+    raise EvalDataError(f"a dataset row needs one of {(*TOKEN_COLUMNS, TEXT_COLUMN)}; got {sorted(row)}")
+
+
+def check_sizes(n_sequences: int, context_size: int) -> None:
+    """At least one sequence, and two tokens per sequence (a loss needs a next token)."""
+    if isinstance(n_sequences, bool) or not isinstance(n_sequences, Integral) or n_sequences < 1:
+        raise EvalDataError(f"n_sequences must be a positive integer, got {n_sequences!r}")
+    if isinstance(context_size, bool) or not isinstance(context_size, Integral) or context_size < 2:
+        raise EvalDataError(f"context_size must be an integer of at least 2, got {context_size!r}")
+
+
+def check_tokens_fit(tokens: torch.Tensor, d_vocab: int, n_ctx: int | None, description: str = "") -> None:
+    """Every id is one of the model's ``d_vocab`` tokens and no sequence is longer than ``n_ctx``:
+    either would fail deep inside the forward pass (an index error) or give meaningless logits."""
+    source = f" of {description}" if description else ""
+    if tokens.ndim != 2 or tokens.shape[0] == 0:
+        raise EvalDataError(
+            f"the evaluation tokens{source} must be (sequences, positions), got {tuple(tokens.shape)}"
+        )
+    if n_ctx is not None and tokens.shape[1] > n_ctx:
+        raise EvalDataError(
+            f"context size {tokens.shape[1]} is longer than the model's context of {n_ctx} tokens; "
+            f"use a context size of at most {n_ctx}"
+        )
+    bad = (tokens < 0) | (tokens >= d_vocab)
+    if bool(bad.any()):
+        row, position = (int(i) for i in bad.nonzero()[0])
+        raise EvalDataError(
+            f"token id {int(tokens[row, position])} (sequence {row}, position {position}) of the evaluation "
+            f"data{source} is outside the model's vocabulary (ids 0..{d_vocab - 1}); was it tokenised for "
+            "another model?"
+        )
 
 
 def _domain_column(first_row: Mapping[str, Any], requested: str | None) -> str | None:
@@ -80,12 +117,16 @@ def eval_tokens(
     description: str = "",
 ) -> EvalTokens:
     """The first ``n_sequences`` rows of ``dataset`` (shuffled with ``seed``) as a token tensor."""
+    check_sizes(n_sequences, context_size)
     pad_id = tokenizer.pad_token_id
     if pad_id is None:
-        raise ValueError("the tokenizer has no pad token; padding could not be masked")
+        raise EvalDataError("the tokenizer has no pad token; padding could not be masked")
     rows = list(islice(_shuffled(dataset, seed, n_sequences), n_sequences))
     if len(rows) < n_sequences:
-        raise ValueError(f"the dataset has {len(rows)} rows; {n_sequences} sequences were asked for")
+        source = f"{description}: " if description else ""
+        raise EvalDataError(
+            f"{source}the dataset has {len(rows)} rows; {n_sequences} sequences were asked for"
+        )
     column = _domain_column(rows[0], domain_column)
     tokens = torch.full((n_sequences, context_size), pad_id, dtype=torch.int64)
     for i, row in enumerate(rows):
@@ -102,13 +143,31 @@ def default_dataset(tokenizer: Any, n_sequences: int, context_size: int) -> Any:
     return stdlib_token_dataset(tokenizer, context_size, n_sequences=n_sequences, holdout=True)
 
 
+def _looks_like_a_path(name: str) -> bool:
+    """A name a hub dataset cannot have (``org/name`` can): absolute, ``./``, ``../`` or ``~``."""
+    return name.startswith(("/", "./", "../", "~", ".\\", "..\\")) or Path(name).is_absolute()
+
+
 def load_named_dataset(name: str, split: str = "train") -> Any:
     """A dataset by hub name (streamed) or a local folder saved with ``Dataset.save_to_disk``."""
-    from pathlib import Path
-
     import datasets
 
-    if Path(name).is_dir():
-        loaded = datasets.load_from_disk(name)
-        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    path = Path(name).expanduser()
+    if path.exists() or _looks_like_a_path(name):
+        if not path.is_dir():
+            problem = "is not a folder" if path.exists() else "no such dataset folder"
+            raise EvalDataError(f"{name}: {problem} (expected a folder saved with save_to_disk)")
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except (FileNotFoundError, IndexError) as err:  # datasets raises IndexError for zero shards
+            raise EvalDataError(
+                f"{path}: not a dataset saved with save_to_disk, or one with no rows ({err})"
+            ) from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise EvalDataError(f"{path}: a DatasetDict without a {split!r} split ({', '.join(loaded)})")
+            loaded = loaded[split]
+        if len(loaded) == 0:
+            raise EvalDataError(f"{path}: the dataset has no rows")
+        return loaded
     return datasets.load_dataset(name, split=split, streaming=True)

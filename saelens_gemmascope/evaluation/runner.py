@@ -21,7 +21,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from saelens_gemmascope.evaluation.data import EvalTokens, default_dataset, eval_tokens, load_named_dataset
+from saelens_gemmascope.evaluation.data import (
+    EvalTokens,
+    check_tokens_fit,
+    default_dataset,
+    eval_tokens,
+    load_named_dataset,
+)
 from saelens_gemmascope.evaluation.masking import SpecialTokens, activation_mask, loss_mask
 from saelens_gemmascope.evaluation.metrics import (
     LatentFiring,
@@ -200,6 +206,7 @@ def evaluate_saes(
     data = _resolve_tokens(dataset, model, n_sequences, context_size, seed, domain_column)
     if data.tokens.numel() == 0:
         raise ValueError("the evaluation dataset is empty: no sequences to evaluate on")
+    check_tokens_fit(data.tokens, model.cfg.d_vocab, model.cfg.n_ctx, data.description)
     special = SpecialTokens.of(model.tokenizer)
     needed = sorted(set().union(*(entry.plan.cache_hooks for entry in tracked)))
     starts = range(0, len(data.tokens), batch_size)

@@ -8,8 +8,11 @@ so far. All probes of all presets of one model run as one multi-SAE pass, so the
 forward pass of the language model; this module only does the arithmetic and the bookkeeping, and
 takes the function that runs probes as an argument.
 
-The result is recorded beside the run (``<output>/calibration/<preset>.json``) and reused when it
-exists, so a resumed or repeated run starts from the same λs.
+The result is recorded beside the run (``<output>/calibration/<preset>.json``, written atomically)
+and reused when it exists, so a resumed or repeated run starts from the same λs. Inputs are checked:
+a grid λ that is not a positive finite number, or a probe whose L0 is not finite, stops calibration
+with one line before (or instead of) training; a record that does not validate is an error naming
+the file (delete it to calibrate again), never silently replaced.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +45,49 @@ MAX_EXTRAPOLATION = 10.0
 ProbeRunner = Callable[[Sequence[PresetSAE], int], Mapping[str, float]]
 
 
+class CalibrationError(ValueError):
+    """Calibration cannot give a usable λ: a bad grid, a probe that diverged, an unreadable record."""
+
+
+def _positive_finite(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+
+
+def _finite_l0(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )
+
+
+def _is_name(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_l0_list(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_positive_finite, value))
+
+
+def check_grid(grid: Sequence[float]) -> tuple[float, ...]:
+    """The grid as a tuple, if every λ is a positive finite number (else :class:`CalibrationError`)."""
+    values = tuple(grid)
+    bad = [c for c in values if not _positive_finite(c)]
+    if not values or bad:
+        raise CalibrationError(
+            f"the calibration grid must be positive finite λs, e.g. {','.join(f'{c:g}' for c in DEFAULT_GRID)}; "
+            f"got {list(values)}"
+        )
+    return values
+
+
 @dataclass
 class CalibrationRecord:
     """What calibration measured for one preset and the λ it chose for each target L0."""
@@ -56,20 +104,51 @@ class CalibrationRecord:
         data = asdict(self)
         data["format"] = CALIBRATION_FORMAT
         data["l0_coefficients"] = [[t, c] for t, c in sorted(self.l0_coefficients.items())]
-        return json.dumps(data, indent=2) + "\n"
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"  # NaN/inf would not be JSON
 
     @classmethod
     def from_json(cls, text: str) -> CalibrationRecord:
-        data: dict[str, Any] = json.loads(text)
-        if data.pop("format", None) != CALIBRATION_FORMAT:
-            raise ValueError("not a calibration record")
-        data["probes"] = [(float(c), float(l0)) for c, l0 in data["probes"]]
-        data["l0_coefficients"] = {float(t): float(c) for t, c in data["l0_coefficients"]}
-        return cls(**data)
+        """The record in ``text``, validated (:class:`CalibrationError` says what is wrong)."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CalibrationError(f"not valid JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError(f"not a {CALIBRATION_FORMAT} record")
+        return cls(
+            preset=_field(data, "preset", _is_name, "a preset name"),
+            probe_tokens=_field(data, "probe_tokens", _is_count, "an integer >= 0"),
+            probes=[(float(c), float(l0)) for c, l0 in _pairs(data, "probes", _positive_finite, _finite_l0)],
+            l0_coefficients={
+                float(t): float(c)
+                for t, c in _pairs(data, "l0_coefficients", _positive_finite, _positive_finite)
+            },
+            method=_field(data, "method", lambda v: isinstance(v, str), "a string"),
+            out_of_range=[float(t) for t in _field(data, "out_of_range", _is_l0_list, "a list of L0s")],
+        )
 
     def ladder(self, preset: TrainingPreset) -> list[PresetSAE]:
         """The preset's SAEs with the calibrated λs."""
         return [PresetSAE(preset, self.l0_coefficients[t], target_l0=t) for t in preset.l0_targets]
+
+
+def _field(data: Mapping[str, Any], key: str, valid: Callable[[Any], bool], expected: str) -> Any:
+    if key not in data:
+        raise CalibrationError(f"field {key!r} is missing")
+    if not valid(data[key]):
+        raise CalibrationError(f"field {key!r}: expected {expected}, got {data[key]!r}")
+    return data[key]
+
+
+def _pairs(
+    data: Mapping[str, Any], key: str, first: Callable[[Any], bool], second: Callable[[Any], bool]
+) -> list[tuple[Any, Any]]:
+    """``data[key]`` as a list of validated pairs (JSON keeps them as two-element lists)."""
+    pairs = _field(data, key, lambda v: isinstance(v, list), "a list of pairs")
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and first(pair[0]) and second(pair[1])):
+            raise CalibrationError(f"field {key!r}: {pair!r} is not a pair of finite numbers in range")
+    return [(pair[0], pair[1]) for pair in pairs]
 
 
 def record_path(output_root: str | Path, preset_name: str) -> Path:
@@ -81,14 +160,33 @@ def read_record(output_root: str | Path, preset: TrainingPreset) -> CalibrationR
     path = record_path(output_root, preset.name)
     if not path.is_file():
         return None
-    record = CalibrationRecord.from_json(path.read_text())
+    try:
+        record = CalibrationRecord.from_json(path.read_text(encoding="utf-8"))
+        if record.preset != preset.name:
+            raise CalibrationError(f"it records preset {record.preset!r}, not {preset.name!r}")
+    except (CalibrationError, UnicodeDecodeError) as err:
+        raise CalibrationError(
+            f"{path}: not a usable calibration record ({err}); delete it to calibrate {preset.name} again"
+        ) from None
     return record if set(preset.l0_targets) <= set(record.l0_coefficients) else None
 
 
 def write_record(output_root: str | Path, record: CalibrationRecord) -> Path:
+    """Write the record through a temporary file and ``os.replace``: a reader (or a run killed
+    mid-write) sees the old record or the new one, never half of one."""
     path = record_path(output_root, record.preset)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(record.to_json())
+    text = record.to_json()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -138,8 +236,16 @@ def calibrate(
     probed together must share it. ``write=False`` (the other ranks of a torchrun job) computes
     the same records without writing them.
     """
+    grid = check_grid(grid)
+    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
+        raise CalibrationError(f"refine_rounds must be an integer >= 0, got {refine_rounds!r}")
     records = {p.name: r for p in presets if (r := read_record(output_root, p)) is not None}
     pending = [p for p in presets if p.name not in records]
+    short = [p.name for p in pending if not probe_tokens.get(p.name, 0) > 0]
+    if short:
+        raise CalibrationError(
+            f"probe tokens must be positive for every preset to calibrate; not for {short}"
+        )
     for tokens in sorted({probe_tokens[p.name] for p in pending}):
         batch = [p for p in pending if probe_tokens[p.name] == tokens]
         found = {p.name: CalibrationRecord(preset=p.name, probe_tokens=tokens) for p in batch}
@@ -164,10 +270,17 @@ def calibrate(
 def _interpolate(
     presets: Sequence[TrainingPreset], found: Mapping[str, CalibrationRecord]
 ) -> dict[str, list[PresetSAE]]:
-    return {
-        p.name: [PresetSAE(p, lambda_for_target(found[p.name].probes, t), target_l0=t) for t in p.l0_targets]
-        for p in presets
-    }
+    ladders = {}
+    for p in presets:
+        ladder = [PresetSAE(p, lambda_for_target(found[p.name].probes, t), target_l0=t) for t in p.l0_targets]
+        bad = [(s.target_l0, s.l0_coefficient) for s in ladder if not _positive_finite(s.l0_coefficient)]
+        if bad:
+            raise CalibrationError(
+                f"calibration of {p.name} gave no usable λ for (target L0, λ) {bad} from probes "
+                f"{found[p.name].probes}; give explicit λs (--l0-coefficients) or another grid"
+            )
+        ladders[p.name] = ladder
+    return ladders
 
 
 def _probe(
@@ -175,4 +288,11 @@ def _probe(
 ) -> None:
     measured = run_probes(saes, tokens)
     for sae in saes:
-        found[sae.preset.name].probes.append((sae.l0_coefficient, float(measured[sae.name])))
+        l0 = float(measured[sae.name])
+        if not _finite_l0(l0):
+            raise CalibrationError(
+                f"calibration probe {sae.name} (λ={sae.l0_coefficient:g}, {tokens:,} tokens) measured L0 {l0}: "
+                "the probe diverged, so no λ can be read off it; check the data, or give explicit λs "
+                "(--l0-coefficients) or a smaller grid"
+            )
+        found[sae.preset.name].probes.append((sae.l0_coefficient, l0))

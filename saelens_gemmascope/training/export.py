@@ -17,7 +17,9 @@ folded into ``b_enc``, which is exact).
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,14 +102,20 @@ class ExportedSAE:
 
 
 def read_release_manifest(root: str | Path) -> dict[str, Any]:
-    """The ``release.json`` of an export folder (an empty manifest when there is none yet)."""
+    """The ``release.json`` of an export folder (an empty manifest when there is none yet), validated:
+    a malformed file or entry (a path leaving the folder, a string for a width, a duplicate id, a
+    missing field) raises :class:`~saelens_gemmascope.directory.release_manifest.ReleaseManifestError`
+    naming the file, the entry and the field."""
+    from saelens_gemmascope.directory.release_manifest import ReleaseManifestError, check_release_manifest
+
     path = Path(root) / RELEASE_FILE
     if not path.is_file():
         return {"format": RELEASE_FORMAT, "version": RELEASE_FORMAT_VERSION, "saes": []}
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != RELEASE_FORMAT:
-        raise ValueError(f"{path}: not a {RELEASE_FORMAT} manifest (format={manifest.get('format')!r})")
-    return manifest  # type: ignore[no-any-return]
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReleaseManifestError(f"{path}: not valid JSON ({err}); fix or delete it") from None
+    return check_release_manifest(path, data, expected_format=RELEASE_FORMAT, version=RELEASE_FORMAT_VERSION)
 
 
 def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
@@ -126,9 +134,12 @@ def export_gemmascope_sae(
     site: str | None = None,
     model_name: str | None = None,
     hook_name: str | None = None,
+    sae_name: str | None = None,
 ) -> ExportedSAE:
     """Write ``sae`` as ``<root>/layer_{L}/width_{W}/average_l0_{K}/params.npz`` and record it in
-    ``<root>/release.json`` (an entry with the same id is replaced).
+    ``<root>/release.json`` (an entry with the same id is replaced; ``sae_name``, the trained SAE's
+    name, is recorded with it so that a suite can tell whose export a folder holds). Non-finite
+    weights or L0 are refused before anything is written.
 
     Unset arguments come from the SAE's metadata: ``average_l0`` from ``metadata.l0`` (SAELens's
     mean L0 over the last sparsity window, set at the end of training), ``hook_name`` and
@@ -141,6 +152,8 @@ def export_gemmascope_sae(
         average_l0 = metadata.l0
     if average_l0 is None:
         raise ValueError("average_l0 is unknown: pass it (the SAE's metadata has no l0)")
+    if not math.isfinite(average_l0):
+        raise ValueError(f"cannot export {sae_name or 'the SAE'}: its average L0 is {average_l0}")
     if layer is None and hook_name is not None:
         layer = layer_of_hook(hook_name)
     if site is None and hook_name is not None:
@@ -149,6 +162,11 @@ def export_gemmascope_sae(
         raise ValueError(f"cannot tell the layer from hook {hook_name!r}: pass layer=")
 
     params = gemmascope_params(sae)
+    not_finite = [key for key, value in params.items() if not bool(torch.isfinite(value).all())]
+    if not_finite:
+        raise ValueError(
+            f"cannot export {sae_name or 'the SAE'}: non-finite values in {', '.join(not_finite)}"
+        )
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
     for key, shape in expected_param_shapes(d_in, d_sae).items():
         if tuple(params[key].shape) != shape:
@@ -174,8 +192,26 @@ def export_gemmascope_sae(
         "prepend_bos": metadata.prepend_bos,
         "input_scale": metadata.gemmascope_input_scale,
     }
+    if sae_name is not None:
+        entry["sae_name"] = sae_name
     manifest = read_release_manifest(root)
     manifest["saes"] = [e for e in manifest["saes"] if e["id"] != sae_id] + [entry]
     manifest["saes"].sort(key=lambda e: e["id"])
     _write_manifest(root, manifest)
     return ExportedSAE(sae_id=sae_id, params_path=params_path, entry=entry)
+
+
+def remove_exports(root: str | Path, sae_ids: Collection[str]) -> None:
+    """Drop ``sae_ids`` from ``<root>/release.json``, then delete their ``params.npz`` (a crash in
+    between leaves an unlisted file, never a listed one that is missing) and emptied folders."""
+    root = Path(root)
+    manifest = read_release_manifest(root)
+    removed = [e for e in manifest["saes"] if e["id"] in sae_ids]
+    manifest["saes"] = [e for e in manifest["saes"] if e["id"] not in sae_ids]
+    _write_manifest(root, manifest)
+    for entry in removed:
+        folder = root / entry["path"]
+        (folder / "params.npz").unlink(missing_ok=True)
+        while folder != root and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent

@@ -40,8 +40,9 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.prefetch import PrefetchingIterator
 from safetensors.torch import load_file, save_file
 
-#: The stream's state in a checkpoint folder; written last and atomically, so its presence marks
-#: a complete checkpoint of this package's runners.
+#: The stream's state in a checkpoint folder, written atomically after SAELens's files (then only
+#: the checkpoint's manifest, :data:`saelens_gemmascope.training.checkpoints.MANIFEST_FILENAME`,
+#: which marks the checkpoint complete; older checkpoints of this package are marked by this file).
 STREAM_STATE_FILENAME = "gemmascope_stream_state.safetensors"
 _FORMAT = "saelens-gemmascope/stream-position/1"
 _POOL_PREFIX = "pool/"

@@ -12,6 +12,13 @@ with SAELens's approximate data position and a warning. Model and activation-sto
 evaluators, checkpoint files and final saving are SAELens's.
 The trainer of the last ``run()`` stays reachable as ``runner.trainer``.
 
+Three more differences, for faults: SIGINT and SIGTERM stop training at a step boundary and save an
+exact checkpoint there (:mod:`~saelens_gemmascope.training.interrupts`; SAELens's handlers raise
+mid-step), then raise :class:`~saelens_gemmascope.training.interrupts.TrainingInterrupted`; every
+checkpoint ends with a manifest of its files, and a resume first checks its checkpoint (intact,
+trained with the same settings) and reads the trainer state with ``weights_only=True``
+(:mod:`~saelens_gemmascope.training.checkpoints`).
+
 Python defaults equal the CLI's: without ``override_model`` the runners load ``cfg.model_name``
 through this package's model registry (the embedded tiny models in memory; Gemma 2 without
 TransformerLens's weight processing, as Gemma Scope reads it), on ``cfg.llm_device`` in
@@ -27,10 +34,10 @@ SAEs). See :mod:`saelens_gemmascope.training.distributed`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from sae_lens import logger
@@ -39,7 +46,16 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.activations_store import ActivationsStore
 
+from saelens_gemmascope.training.checkpoints import (
+    MANIFEST_FILENAME,
+    checkpoint_problem,
+    refuse_changed_settings,
+    validate_checkpoint,
+    weights_only_loads,
+    write_manifest,
+)
 from saelens_gemmascope.training.distributed import Collectives, GatheredBatches, owned_names
+from saelens_gemmascope.training.interrupts import InterruptWatch, StopAtStepBoundary, TrainingInterrupted
 from saelens_gemmascope.training.resumable_stream import (
     STREAM_STATE_FILENAME,
     PositionTracker,
@@ -53,6 +69,7 @@ from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer, Gemma
 from saelens_gemmascope.training.wandb_logging import finish_wandb, start_wandb
 
 Batches = PositionTracker | PrefetchingPositionTracker
+T = TypeVar("T")
 
 
 def default_model(cfg: Any, override_model: Any) -> Any:
@@ -111,12 +128,84 @@ def _open_stream(
     return stream, False
 
 
-def _save_stream_position(batches: Batches | None, exact: bool, checkpoint_path: Path | None) -> None:
-    # Written last (and atomically), so its presence marks a complete checkpoint. A run resumed
-    # without an exact position writes none: a later resume then warns again instead of
-    # replaying a stream that did not start where this one did.
-    if checkpoint_path is not None and batches is not None and exact:
+def _finish_checkpoint(batches: Batches | None, exact: bool, checkpoint_path: Path | None) -> None:
+    """After SAELens's files: the stream position, then the manifest that marks the checkpoint complete.
+
+    A run resumed without an exact position writes no position: a later resume then warns again
+    instead of replaying a stream that did not start where this one did.
+    """
+    if checkpoint_path is None:
+        return
+    if batches is not None and exact:
         batches.position.save(Path(checkpoint_path) / STREAM_STATE_FILENAME)
+    write_manifest(Path(checkpoint_path))
+
+
+def _check_resume(cfg: Any) -> None:
+    """Before anything is loaded or runs: the resume checkpoint is intact and was trained with
+    ``cfg``'s settings."""
+    if cfg.resume_from_checkpoint is not None:
+        checkpoint = Path(cfg.resume_from_checkpoint)
+        validate_checkpoint(checkpoint)
+        refuse_changed_settings(checkpoint, cfg.to_dict())
+
+
+class InterruptibleSAETrainer(GemmaScopeSAETrainer):
+    """:class:`GemmaScopeSAETrainer` that stops before a step once its ``watch`` saw a signal.
+
+    ``maybe_reset_sparsity`` is the first thing SAELens's ``fit`` loop does for each step (for
+    the multi-SAE trainer too, through ``_maybe_log_sparsity``), when the last step is complete
+    (counted, checkpointed) and the next one has drawn nothing yet.
+    """
+
+    watch: InterruptWatch | None = None
+
+    def maybe_reset_sparsity(self) -> dict[str, Any]:
+        if self.watch is not None:
+            self.watch.stop_at_step_boundary()
+        return super().maybe_reset_sparsity()
+
+
+class InterruptibleMultiSAETrainer(GemmaScopeMultiSAETrainer):
+    """:class:`GemmaScopeMultiSAETrainer` that stops before a step once its ``watch`` saw a signal
+    (``_maybe_log_sparsity`` opens each step of SAELens's loop; ``final=True`` comes after the last)."""
+
+    watch: InterruptWatch | None = None
+
+    def _maybe_log_sparsity(self, final: bool = False) -> None:
+        if not final and self.watch is not None:
+            self.watch.stop_at_step_boundary()
+        super()._maybe_log_sparsity(final)
+
+
+def _save_interrupt_checkpoint(trainer: Any, checkpoint_path: str | None) -> str:
+    """Save the steps done (the trainer stands between two steps); what was kept, for the message."""
+    samples = trainer.n_training_samples
+    if checkpoint_path is None:
+        return "this run keeps no checkpoints: its steps are lost"
+    if samples == 0:
+        return "before the first step: nothing to keep"
+    folder = Path(checkpoint_path) / str(samples)
+    # Resumed and stopped before a step, or stopped right after a periodic checkpoint: it is there.
+    if not (folder / MANIFEST_FILENAME).is_file() or checkpoint_problem(folder) is not None:
+        trainer.save_checkpoint(checkpoint_name=str(samples))
+    return f"the checkpoint at {samples:,} tokens is complete: rerun with --resume to continue"
+
+
+def _fit_or_stop(trainer: Any, fit: Callable[[], T], checkpoint_path: str | None) -> T:
+    """``fit()``; on a stop signal, the checkpoint of the steps done and :class:`TrainingInterrupted`."""
+    try:
+        return fit()
+    except StopAtStepBoundary as stop:
+        kept = _save_interrupt_checkpoint(trainer, checkpoint_path)
+        raise TrainingInterrupted(stop.signum, f"at step {trainer.n_training_steps}; {kept}") from None
+
+
+def _stop_if_signalled(watch: InterruptWatch, output_path: str | None) -> None:
+    # A signal during the last step or the final save: the run finished (and saved), then stops.
+    if (signum := watch.agreed_signal()) is not None:
+        saved = "the trained SAEs are saved" if output_path is not None else "this run is complete"
+        raise TrainingInterrupted(signum, f"after the last step; {saved}: rerun with --resume to continue")
 
 
 @contextmanager
@@ -155,6 +244,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
         override_model: Any = None,
         override_sae: TrainingSAE[Any] | None = None,
     ) -> None:
+        _check_resume(cfg)
         model = default_model(cfg, override_model)
         dataset = default_dataset(cfg, override_dataset, model, None)
         with seeded_sae_creation(cfg.seed):
@@ -162,25 +252,33 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
     def run(self) -> TrainingSAE[Any]:
         self._set_sae_metadata()
+        with InterruptWatch() as watch:
+            sae = self._train(watch)
+            _stop_if_signalled(watch, self.cfg.output_path)
+        return sae
+
+    def _train(self, watch: InterruptWatch) -> TrainingSAE[Any]:
         wandb_run = start_wandb(self.cfg)
         hook = self.cfg.hook_name
         stream, self._exact_position = _open_stream(self.activations_store, self.cfg, single_hook=hook)
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches, select=hook)
         try:
-            trainer = GemmaScopeSAETrainer(
+            trainer = InterruptibleSAETrainer(
                 cfg=self.cfg.to_sae_trainer_config(),
                 sae=self.sae,
                 data_provider=self._batches,
                 evaluator=self.evaluator,
                 save_checkpoint_fn=self.save_checkpoint,
             )
+            trainer.watch = watch
             self.trainer = trainer
             if self.cfg.resume_from_checkpoint is not None:
                 logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-                trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
+                with weights_only_loads():
+                    trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
                 self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
             self._compile_sae_if_needed()
-            sae = self.run_trainer_with_interruption_handling(trainer)
+            sae = _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
             if self.cfg.output_path is not None:
                 self.save_final_sae(
                     sae=sae,
@@ -194,7 +292,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
     def save_checkpoint(self, checkpoint_path: Path | None) -> None:
         super().save_checkpoint(checkpoint_path)
-        _save_stream_position(self._batches, self._exact_position, checkpoint_path)
+        _finish_checkpoint(self._batches, self._exact_position, checkpoint_path)
 
 
 class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
@@ -215,6 +313,7 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         *,
         distributed: DistributedSpec | None = None,
     ) -> None:
+        _check_resume(cfg)
         self.distributed = distributed
         self.collectives = Collectives(distributed)
         model = default_model(cfg, override_model)
@@ -239,6 +338,14 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
         self._set_sae_metadata()
+        # Under torchrun the ranks agree on every stop check, so that they all stop after one step.
+        gather = self.collectives.gather_objects if self.collectives.active else None
+        with InterruptWatch(gather) as watch:
+            saes = self._train(watch)
+            _stop_if_signalled(watch, self.cfg.output_path)
+        return saes
+
+    def _train(self, watch: InterruptWatch) -> dict[str, TrainingSAE[Any]]:
         wandb_run = start_wandb(self.cfg)
         distributed = self.distributed
         stream, self._exact_position = _open_stream(self.activations_store, self.cfg, distributed=distributed)
@@ -249,7 +356,7 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
             for sae in self.saes.values():  # the same seed made them equal; this makes sure
                 self.collectives.broadcast_parameters(sae)
         try:
-            trainer = GemmaScopeMultiSAETrainer(
+            trainer = InterruptibleMultiSAETrainer(
                 cfg=self.cfg.to_sae_trainer_config(),
                 saes=self.saes,
                 hook_names={name: self.cfg.hook_names_per_sae[name] for name in self.saes},
@@ -258,11 +365,13 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
                 save_checkpoint_fn=self._save_runner_checkpoint_files,
                 collectives=self.collectives if data_parallel else None,
             )
+            trainer.watch = watch
             self.trainer = trainer
             if self.cfg.resume_from_checkpoint is not None:
                 logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-                trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
-            saes = self._run_with_interruption_handling(trainer)
+                with weights_only_loads():
+                    trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
+            saes = _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
             # Data parallel: the replicas are equal, the main rank saves them. SAE-sharded: each
             # rank saves the SAEs it trained.
             if self.cfg.output_path is not None and (not data_parallel or self.collectives.is_main):
@@ -274,4 +383,4 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def _save_runner_checkpoint_files(self, checkpoint_path: Path | None) -> None:
         super()._save_runner_checkpoint_files(checkpoint_path)
-        _save_stream_position(self._batches, self._exact_position, checkpoint_path)
+        _finish_checkpoint(self._batches, self._exact_position, checkpoint_path)

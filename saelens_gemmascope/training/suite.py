@@ -296,7 +296,8 @@ def ladder_from_spec(spec: RunSpec, l0_coefficients: Sequence[float] | None) -> 
 
 @dataclass(frozen=True)
 class TrainedSAE:
-    """One SAE of a finished suite: what it aimed at and what it reached."""
+    """One SAE of a finished suite: what it aimed at, what it reached and where it was exported
+    (``note`` says why it was not, when it was not)."""
 
     name: str
     preset: str
@@ -306,6 +307,7 @@ class TrainedSAE:
     saelens_path: str
     export_id: str | None
     release: str | None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,11 @@ class SuiteResult:
         """One line per SAE: measured L0 against its target, and where it was exported."""
         lines = [f"{len(self.saes)} SAEs trained under {self.output_root}"]
         for sae in self.saes:
-            where = f"{sae.release} {sae.export_id}" if sae.export_id else "not exported (see log)"
+            where = (
+                f"{sae.release} {sae.export_id}"
+                if sae.export_id
+                else f"not exported: {sae.note or 'see log'}"
+            )
             target = f" (target {sae.target_l0:g}, x{sae.l0 / sae.target_l0:.2f})" if sae.target_l0 else ""
             lines.append(f"  {sae.name}: L0 {sae.l0:.1f}{target} λ={sae.l0_coefficient:.3g} -> {where}")
         if self.releases:
@@ -348,7 +354,7 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
     """
     from saelens_gemmascope.training.calibration import DEFAULT_GRID, calibrate
     from saelens_gemmascope.training.distributed import Collectives
-    from saelens_gemmascope.training.suite_export import export_pass, register_releases
+    from saelens_gemmascope.training.suite_export import ExportLedger, export_pass, register_releases
 
     collectives = Collectives(plan.spec.distributed)
     main = collectives.is_main
@@ -361,6 +367,8 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
         (root / "plan.json").write_text(json.dumps(plan.to_dict(), indent=2) + "\n")
     trained: list[TrainedSAE] = []
     pass_seconds: dict[str, float] = {}
+    # Export folders are shared by every pass of the run (and earlier runs' exports in this output).
+    ledger = ExportLedger(root, frozenset(r.name for p in plan.passes for r in p.rungs))
     for group in plan.groups:
         train_pass = trainer_for_group(group)
 
@@ -407,13 +415,19 @@ def run_suite(plan: SuitePlan, output_root: str | Path, trainer_for_group: Calla
             results = train_pass(saes, group.training_tokens, suite_pass.id)
             pass_seconds[suite_pass.id] = round(time.perf_counter() - started, 3)
             if main:
-                trained.extend(export_pass(root, suite_pass.id, saes, results, progress))
+                trained.extend(export_pass(root, suite_pass.id, saes, results, progress, ledger))
+    if main:
+        ledger.drop_stale(progress)
     releases = register_releases(root) if main else []
     result = SuiteResult(root, tuple(trained), tuple(releases))
     if main:
         (root / "summary.json").write_text(
             json.dumps(
-                {"saes": [vars(s) for s in result.saes], "releases": list(releases), "pass_seconds": pass_seconds},
+                {
+                    "saes": [vars(s) for s in result.saes],
+                    "releases": list(releases),
+                    "pass_seconds": pass_seconds,
+                },
                 indent=2,
             )
             + "\n"

@@ -9,7 +9,7 @@ the exact data position, so the result equals an uninterrupted run's).
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,15 +19,15 @@ from sae_lens import LoggingConfig
 from sae_lens.saes.sae import SAE
 
 from saelens_gemmascope.training.activation_cache import cache_activations, caches_to_write
+from saelens_gemmascope.training.checkpoints import InvalidCheckpointError, scan_checkpoints
 from saelens_gemmascope.training.checks import CacheEstimate, check_disk_space, check_hook_widths
 from saelens_gemmascope.training.distributed import Collectives
 from saelens_gemmascope.training.preset_config import PresetSAE, multi_config_for, single_config_for
-from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
 from saelens_gemmascope.training.run_spec import RunSpec
 from saelens_gemmascope.training.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
 from saelens_gemmascope.training.suite import PassTrainer, SuiteGroup, SuitePlan
 
-_CHECKPOINT_NAME = re.compile(r"^(?:final_)?(\d+)$")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,22 +61,15 @@ class TrainingContext:
 
 
 def complete_checkpoints(folder: Path) -> dict[int, Path]:
-    """The complete checkpoints under ``folder`` (any run id below it), by training tokens.
+    """The complete, intact checkpoints under ``folder`` (any run id below it), by training tokens.
 
-    Our runners write the stream position last, so a folder holding it is complete; a kill during
-    a checkpoint write leaves a newer folder without it, which is skipped. Checkpoints written by
-    SAELens's own runners have no position: those that have their ``runner_cfg.json`` count.
+    Our runners write a manifest of the checkpoint's files last, so a folder holding it is
+    complete; a kill during a checkpoint write leaves a newer folder without it, which is skipped.
+    A complete checkpoint with a file missing, truncated or unreadable is left out too (see
+    :func:`~saelens_gemmascope.training.checkpoints.scan_checkpoints`, which says why). Checkpoints
+    written by SAELens's own runners have no manifest: those that have their ``runner_cfg.json`` count.
     """
-    found = [
-        (int(m.group(1)), path)
-        for path in folder.glob("*/*")
-        if path.is_dir() and (m := _CHECKPOINT_NAME.match(path.name))
-    ]
-    for marker in (STREAM_STATE_FILENAME, "runner_cfg.json"):
-        complete = {tokens: path for tokens, path in sorted(found) if (path / marker).is_file()}
-        if complete:
-            return complete
-    return {}
+    return scan_checkpoints(folder).complete
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -117,17 +110,34 @@ def _finished(ctx: TrainingContext, output: Path, names: Sequence[str]) -> dict[
 
 
 def _resume_from(ctx: TrainingContext, pass_id: str) -> str | None:
-    """The checkpoint a pass continues from: the newest one complete on every rank."""
-    complete = complete_checkpoints(ctx.checkpoint_dir(pass_id))
-    everywhere = set.intersection(*(set(part) for part in ctx.collectives.gather_objects(sorted(complete))))
-    if not complete:
+    """The checkpoint a pass continues from: the newest one complete and intact on every rank.
+
+    A damaged newer checkpoint is skipped with a warning naming the bad file; when every complete
+    checkpoint of a rank is damaged, every rank stops with an error (rather than start over).
+    """
+    folder = ctx.checkpoint_dir(pass_id)
+    scan = scan_checkpoints(folder)
+    parts = ctx.collectives.gather_objects((sorted(scan.complete), bool(scan.rejected)))
+    if not scan.complete and not scan.rejected:
         return None
     if not ctx.resume:
         raise FileExistsError(
-            f"{pass_id} has checkpoints under {ctx.checkpoint_dir(pass_id)}: pass --resume to continue "
+            f"{pass_id} has checkpoints under {folder}: pass --resume to continue "
             "from the latest, or use a new output folder"
         )
-    return str(complete[max(everywhere)]) if everywhere else None
+    if any(damaged and not complete for complete, damaged in parts):
+        mine = not scan.complete
+        problems = "; ".join(scan.rejected.values()) if mine else "another rank's are all damaged"
+        raise InvalidCheckpointError(
+            f"no checkpoint of {pass_id} under {folder} can be resumed from ({problems}); "
+            "remove the damaged checkpoints to start the pass over, or use a new output folder"
+        )
+    everywhere = set.intersection(*(set(complete) for complete, _ in parts))
+    chosen = scan.complete[max(everywhere)] if everywhere else None
+    then = f"resuming from {chosen}" if chosen else "no checkpoint is intact on every rank: starting over"
+    for path, problem in scan.rejected.items():
+        logger.warning(f"skipping checkpoint {path}: {problem}; {then}")
+    return str(chosen) if chosen is not None else None
 
 
 def _main_rank_results(

@@ -5,7 +5,9 @@ gradient to norm 1, its warm-up is linear from η/W, and it gives the SAE no hoo
 optimiser step. It has no seam for any of them, so :class:`GemmaScopeSAETrainer` subclasses it and
 overrides ``_train_step`` (the one place they happen) plus the optimiser and scheduler it builds.
 Everything else (coefficient schedulers, sparsity tracking, logging, checkpoints, resume) is
-SAELens's. SAEs of other architectures get SAELens's behaviour unchanged.
+SAELens's. SAEs of other architectures get SAELens's behaviour unchanged, except for the guard
+against non-finite values (:mod:`~saelens_gemmascope.training.finite_guard`), which every SAE gets:
+a NaN in the activations or a diverging SAE stops the run before anything non-finite is saved.
 
 The input scale C rides on SAELens's own ``ActivationScaler`` (scaling factor 1/C): SAELens
 saves and restores it with every checkpoint and, after training, hands it to the SAE's
@@ -14,6 +16,8 @@ saves and restores it with every checkpoint and, after training, hands it to the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,16 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import LRScheduler
 
 from saelens_gemmascope.training.device_audit import audit_devices, batch_tensors, named_training_tensors
+from saelens_gemmascope.training.finite_guard import (
+    CHECK_EVERY,
+    Fault,
+    FiniteGuard,
+    NonFiniteTrainingError,
+    nonfinite_tensors,
+    optimizer_tensors,
+    pending_input_faults,
+    training_stopped_message,
+)
 from saelens_gemmascope.training.input_scale import estimate_input_scale, estimate_input_scales
 from saelens_gemmascope.training.progress import step_losses, update_progress_bar
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
@@ -94,6 +108,38 @@ def pending_thresholds(thresholds: list[int], n_training_samples: int) -> list[i
     return [t for t in thresholds if t >= n_training_samples]
 
 
+def pending_activations(data_provider: Any) -> dict[str, torch.Tensor]:
+    """The activations the stream has drawn but not yet served, by hook (what a checkpoint saves
+    with the stream position); none for a provider without a position."""
+    position = getattr(data_provider, "position", None)
+    return dict(position.pool) if position is not None else {}
+
+
+def loaded_state_faults(
+    sae: TrainingSAE[Any], optimizer: torch.optim.Optimizer, label: str, hook: str
+) -> Fault | None:
+    """The SAE's weights and optimiser state, when any of them is not finite (a corrupt checkpoint)."""
+    bad = nonfinite_tensors([*sae.named_parameters(), *optimizer_tensors(optimizer)])
+    return Fault(label, hook, bad_tensors=tuple(bad)) if bad else None
+
+
+def corrupt_checkpoint_message(checkpoint: Path | str, faults: list[Fault]) -> str:
+    listed = "; ".join(f"SAE {f.sae}: {', '.join(f.bad_tensors)}" for f in faults)
+    return (
+        f"checkpoint {checkpoint} holds non-finite values ({listed}): it is corrupt; resume from an "
+        "earlier checkpoint (move this one away) or start again"
+    )
+
+
+@contextmanager
+def _naming_hooks(hooks: list[str]) -> Iterator[None]:
+    """Adds the hooks to an input-scale estimate's error (non-finite or all-zero activations)."""
+    try:
+        yield
+    except ValueError as error:
+        raise ValueError(f"estimating the input scale of hook(s) {', '.join(hooks)}: {error}") from error
+
+
 class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
     """``SAETrainer`` that trains ``jumprelu_gemmascope`` SAEs with the exact recipe.
 
@@ -104,6 +150,8 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
 
     collectives: Collectives | None = None
     _audited: bool = False
+    #: The checkpoint this trainer resumed from or last wrote (named when a run stops).
+    last_checkpoint: str | None = None
 
     def __init__(
         self,
@@ -126,6 +174,31 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             self.optimizer = build_recipe_optimizer(sae, cfg, self.recipe)
             self.lr_scheduler = build_recipe_lr_scheduler(self.optimizer, cfg, self.recipe)
             sae.recipe_trainer_attached = True
+        self.finite_guard = FiniteGuard()
+        # The name errors use; a multi-SAE coordinator gives each of its trainers the SAE's name.
+        self.sae_label = cfg.logger.run_name or "SAE"
+
+    @property
+    def hook_name(self) -> str:
+        return str(self.sae.cfg.metadata.hook_name)
+
+    def fault(self, *, weights: bool) -> Fault | None:
+        """What the guard saw (one host sync), and with ``weights`` any non-finite parameter."""
+        bad_input, bad_loss = self.finite_guard.first_bad_steps()
+        bad = tuple(nonfinite_tensors(self.sae.named_parameters())) if weights else ()
+        fault = Fault(self.sae_label, self.hook_name, bad_input, bad_loss, bad)
+        return fault if fault.found else None
+
+    def raise_if_nonfinite(self, *, weights: bool, pending: bool = False) -> None:
+        faults = [f for f in [self.fault(weights=weights)] if f is not None]
+        if pending:
+            faults += pending_input_faults(
+                pending_activations(self.data_provider), {self.hook_name: [self.sae_label]}
+            )
+        if faults:
+            raise NonFiniteTrainingError(
+                training_stopped_message(faults, self.n_training_steps, self.last_checkpoint)
+            )
 
     def ensure_input_scale(self) -> None:
         """Estimate C once, before the first step; a resumed run keeps its checkpoint's C."""
@@ -133,16 +206,46 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             return
         scale = 1.0
         if self.recipe.input_scaling == "unit_mean_squared_norm":
-            scale = estimate_input_scale(self.data_provider, self.cfg.n_batches_for_norm_estimate)
+            with _naming_hooks([self.hook_name]):
+                scale = estimate_input_scale(self.data_provider, self.cfg.n_batches_for_norm_estimate)
         # Set even when C = 1, so that SAELens's fit() always calls the fold (pre-encoder bias).
         self.activation_scaler.scaling_factor = 1.0 / scale
 
     def fit(self) -> TrainingSAE[Any]:
+        if self.last_checkpoint is not None:  # resumed: the runner has loaded the weights by now
+            fault = loaded_state_faults(self.sae, self.optimizer, self.sae_label, self.hook_name)
+            if fault is not None:
+                raise NonFiniteTrainingError(corrupt_checkpoint_message(self.last_checkpoint, [fault]))
         self.ensure_input_scale()
-        return super().fit()
+        sae = super().fit()
+        # Before the runner saves the SAE (SAELens's fit has folded the input scale into it).
+        self.raise_if_nonfinite(weights=True)
+        return sae
+
+    def _checkpoint_if_needed(self) -> None:
+        if self.n_training_steps % CHECK_EVERY == 0:
+            self.raise_if_nonfinite(weights=False)
+        super()._checkpoint_if_needed()
+
+    def save_checkpoint(
+        self,
+        checkpoint_name: str,
+        base_path: Path | str | None = None,
+        wandb_aliases: list[str] | None = None,
+    ) -> None:
+        # No checkpoint of non-finite weights, or of a stream about to feed non-finite activations:
+        # the previous checkpoint stays the latest complete one. (A multi-SAE coordinator checks
+        # every SAE and its stream before writing any of them.)
+        self.raise_if_nonfinite(weights=True, pending=True)
+        super().save_checkpoint(checkpoint_name, base_path, wandb_aliases)
+        base = base_path if base_path is not None else self.cfg.checkpoint_path
+        if base is not None:
+            self.last_checkpoint = str(Path(base) / checkpoint_name)
 
     def step(self, batch: torch.Tensor) -> TrainStepOutput:
+        batch = batch.to(self.sae.device)  # SAELens's step moves it too; then that is a no-op
         output = super().step(batch)
+        self.finite_guard.record(self.n_training_steps, batch, output.loss)
         if self.collectives is not None:
             # Data parallel: this step consumed every rank's share of the global batch, so the
             # sample count (which drives the step count, schedules and checkpoints) is global.
@@ -186,6 +289,7 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
         super().load_trainer_state(checkpoint_path)
+        self.last_checkpoint = str(checkpoint_path)
         # SAELens saves the step counter before counting the step just taken (its periodic
         # checkpoints), which would leave a resumed run one step behind for good; every step takes
         # one full batch, so the samples give the completed steps.
@@ -246,8 +350,10 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
             name: GemmaScopeSAETrainer(cfg=per_sae_cfg, sae=sae, data_provider=iter(()))
             for name, sae in self.saes.items()
         }
-        for trainer in self.trainers.values():
+        for name, trainer in self.trainers.items():
             trainer.collectives = collectives
+            trainer.sae_label = name
+        self.last_checkpoint: str | None = None
 
     def ensure_input_scales(self) -> None:
         """Estimate every recipe SAE's C from one shared pass over the multi-hook stream."""
@@ -265,10 +371,11 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
         }
         scales: dict[str, float] = {}
         if scaled_hooks:
-            scales = estimate_input_scales(
-                self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate,
-                combine=self.collectives.sum_meters if self.collectives is not None else None,
-            )  # fmt: skip
+            with _naming_hooks(sorted(scaled_hooks)):
+                scales = estimate_input_scales(
+                    self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate,
+                    combine=self.collectives.sum_meters if self.collectives is not None else None,
+                )  # fmt: skip
         for name, trainer in pending.items():
             assert trainer.recipe is not None
             scaled = trainer.recipe.input_scaling == "unit_mean_squared_norm"
@@ -277,10 +384,56 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
     def load_checkpoint(self, path: str | Path) -> None:
         super().load_checkpoint(path)
         self.checkpoint_thresholds = pending_thresholds(self.checkpoint_thresholds, self.n_training_samples)
+        faults = [
+            fault
+            for name, trainer in self.trainers.items()
+            if (fault := loaded_state_faults(trainer.sae, trainer.optimizer, name, self.hook_names[name]))
+        ]
+        if faults:
+            raise NonFiniteTrainingError(corrupt_checkpoint_message(path, faults))
+        self.last_checkpoint = str(path)
 
     def fit(self) -> dict[str, TrainingSAE[Any]]:
         self.ensure_input_scales()
-        return super().fit()
+        saes = super().fit()
+        # Before the runner saves the SAEs (SAELens's fit has folded the input scales into them).
+        self.raise_if_nonfinite(weights=True)
+        return saes
+
+    def faults(self, *, weights: bool, pending: bool) -> list[Fault]:
+        """Every SAE's non-finite inputs, losses and (``weights``) parameters, and (``pending``) the
+        non-finite activations the stream has drawn for later steps."""
+        faults = [
+            fault
+            for trainer in self.trainers.values()
+            if isinstance(trainer, GemmaScopeSAETrainer) and (fault := trainer.fault(weights=weights))
+        ]
+        if pending:
+            by_hook: dict[str, list[str]] = {}
+            for name, hook in self.hook_names.items():
+                by_hook.setdefault(hook, []).append(name)
+            faults += pending_input_faults(pending_activations(self.data_provider), by_hook)
+        return faults
+
+    def raise_if_nonfinite(self, *, weights: bool, pending: bool = False) -> None:
+        faults = self.faults(weights=weights, pending=pending)
+        if faults:
+            raise NonFiniteTrainingError(
+                training_stopped_message(faults, self.n_training_steps, self.last_checkpoint)
+            )
+
+    def _checkpoint_if_needed(self) -> None:
+        if self.n_training_steps % CHECK_EVERY == 0:
+            self.raise_if_nonfinite(weights=False)
+        super()._checkpoint_if_needed()
+
+    def save_checkpoint(self, checkpoint_name: str, wandb_aliases: list[str] | None = None) -> None:
+        # Every SAE and the stream's drawn activations are checked before any file is written, so
+        # the checkpoint before a fault stays the latest complete one (see training.finite_guard).
+        self.raise_if_nonfinite(weights=True, pending=True)
+        super().save_checkpoint(checkpoint_name, wandb_aliases)
+        if self.cfg.checkpoint_path is not None:
+            self.last_checkpoint = str(Path(self.cfg.checkpoint_path) / checkpoint_name)
 
     @torch.no_grad()
     def _update_pbar(

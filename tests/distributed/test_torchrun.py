@@ -67,6 +67,15 @@ def _weights(output: Path) -> dict[str, dict[str, torch.Tensor]]:
     return {name: load_file(str(folder / name / "sae_weights.safetensors")) for name in SAE_NAMES}
 
 
+def _assert_same_weights(output: Path, expected_output: Path, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Every saved SAE of ``output`` equals ``expected_output``'s (exactly, by default)."""
+    actual, expected = _weights(output), _weights(expected_output)
+    for name in SAE_NAMES:
+        assert actual[name].keys() == expected[name].keys()
+        for key, tensor in expected[name].items():
+            torch.testing.assert_close(actual[name][key], tensor, atol=atol, rtol=rtol, msg=f"{name} {key}")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """Both modes' uninterrupted runs, launched together: (output, recorded batches) per mode."""
@@ -107,13 +116,12 @@ def test_data_parallel_equals_one_process_on_the_global_batch(
     uninterrupted: dict[str, tuple[Path, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output, rec = uninterrupted["data"]
-    reference = _weights(_reference(tmp_path, rec, monkeypatch, "reference_data"))
-    trained = _weights(output)
-    for name in SAE_NAMES:
-        for key, tensor in reference[name].items():
-            # Two half-batch means averaged vs one global mean: rounding only, which Adam's
-            # normalised steps carry over the 40 steps; far below the weights' own movement.
-            torch.testing.assert_close(trained[name][key], tensor, atol=2e-5, rtol=1e-4)
+    # Two half-batch means averaged vs one global mean: rounding only, which Adam's normalised
+    # steps carry over the 40 steps; far below the weights' own movement (with the gradient average
+    # switched off, this test fails).
+    _assert_same_weights(
+        output, _reference(tmp_path, rec, monkeypatch, "reference_data"), atol=2e-5, rtol=1e-4
+    )
     # Only rank 0 saves and exports (rank 1 held the same replicas).
     assert (output / "summary.json").is_file()
     assert sorted(p.name for p in (output / "checkpoints" / "group0_pass0").iterdir()) == ["rank0", "rank1"]
@@ -123,11 +131,8 @@ def test_sae_sharded_equals_each_sae_alone_on_the_gathered_batch(
     uninterrupted: dict[str, tuple[Path, Path]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     output, rec = uninterrupted["sae"]
-    reference = _weights(_reference(tmp_path, rec, monkeypatch, "reference_sae"))
-    trained = _weights(output)
-    for name in SAE_NAMES:  # one SAE per rank, each saved by its owner, exported by rank 0
-        for key, tensor in reference[name].items():
-            torch.testing.assert_close(trained[name][key], tensor, atol=0, rtol=0)
+    # One SAE per rank, each saved by its owner, exported by rank 0: bit for bit.
+    _assert_same_weights(output, _reference(tmp_path, rec, monkeypatch, "reference_sae"))
     release = output / "release" / "tiny-gemma-2-res" / "release.json"
     assert len(json.loads(release.read_text())["saes"]) == 2
 
@@ -154,10 +159,7 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_weights(
 
     code, out = _finish(_torchrun([*args, "--resume"]))
     assert code == 0, out[-4000:]
-    resumed, expected = _weights(output), _weights(uninterrupted[mode][0])
-    for name in SAE_NAMES:
-        for key, tensor in expected[name].items():
-            torch.testing.assert_close(resumed[name][key], tensor, atol=0, rtol=0)
+    _assert_same_weights(output, uninterrupted[mode][0])
 
 
 def test_calibration_runs_under_torchrun(tmp_path: Path) -> None:
