@@ -11,23 +11,23 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import logging
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+import math
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
 from saelens_gemmascope.training.preset import TrainingPreset
 
+if TYPE_CHECKING:
+    from saelens_gemmascope.training.progress import ProgressDisplay
+
 #: SAELens warnings that are expected in the demo and say nothing to its reader: the embedded text
-#: is small, so the store cycles through it; the model and dataset are passed in memory on purpose.
-EXPECTED_WARNINGS = (
-    r"The training dataset contains fewer samples",
-    r"To copy construct from a tensor",
-)
+#: is small, so the store cycles through it. (Those that say nothing to any user of this package are
+#: hidden everywhere: saelens_gemmascope.quiet.)
+EXPECTED_WARNINGS = (r"The training dataset contains fewer samples",)
 
 STAGES = ("language model", "train the suite", "load with SAE.from_pretrained", "evaluate", "summary")
 
@@ -40,8 +40,13 @@ class DemoSettings:
     sites: tuple[str, ...] = ("res", "mlp", "att")
     layers: tuple[int, ...] = (1, 2)
     widths: tuple[str, ...] = ("512", "1024")
-    #: training steps per SAE (None: the presets' own budget); calibration probes run as long
-    steps: int | None = 200
+    #: training steps per SAE of the narrowest width (None: the presets' own budget); calibration
+    #: probes run as long
+    steps: int | None = 160
+    #: a wider SAE trains for proportionally more steps (1024 latents: 2x those of 512), the same
+    #: tokens per latent: at equal steps the 1024-wide SAEs measured a worse FVU than the 512-wide
+    #: ones at every L0 (undertrained; at 2x the steps they beat them; see WIDTH_CAVEAT)
+    scale_steps_with_width: bool = True
     #: one probe round on a grid bracketing this model's λs, no refinement: a CPU-sized calibration
     calibration_grid: tuple[float, ...] = (1e-3, 4e-3, 1.6e-2, 6.4e-2)
     refine_rounds: int = 0
@@ -68,6 +73,17 @@ class DemoRow:
     fvu: float
     delta_loss: float
     zero_ablation_delta_loss: float
+    dead_fraction: float | None = None
+    dense_fraction: float | None = None
+    #: the folder in the local release (``layer_1/width_512/average_l0_24``: named by the target L0)
+    export_id: str | None = None
+
+    @property
+    def latent_flags(self) -> list[str]:
+        """Too many dead or dense latents (the report's thresholds), described; empty when fine."""
+        from saelens_gemmascope.evaluation.result import latent_flags
+
+        return latent_flags(self.dead_fraction, self.dense_fraction)
 
 
 @dataclass(frozen=True)
@@ -85,17 +101,25 @@ def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
     from saelens_gemmascope.training.presets import preset_name
 
     presets = load_plugins().presets
-    chosen = []
-    for site in settings.sites:
-        for layer in settings.layers:
-            for width in settings.widths:
-                preset = presets[preset_name(settings.model, site, layer, width)]
-                if settings.steps is not None:
-                    batch = int(preset.overrides["train_batch_size_tokens"])
-                    tokens = settings.steps * batch
-                    preset = dataclasses.replace(preset, training_tokens=tokens, calibration_tokens=tokens)
-                chosen.append(preset)
-    return chosen
+    chosen = [
+        presets[preset_name(settings.model, site, layer, width)]
+        for site in settings.sites
+        for layer in settings.layers
+        for width in settings.widths
+    ]
+    if settings.steps is None:
+        return chosen
+    narrowest = min(preset.d_sae for preset in chosen)
+    shortened = []
+    for preset in chosen:
+        steps = (
+            round(settings.steps * preset.d_sae / narrowest)
+            if settings.scale_steps_with_width
+            else settings.steps
+        )
+        tokens = steps * int(preset.overrides["train_batch_size_tokens"])
+        shortened.append(dataclasses.replace(preset, training_tokens=tokens, calibration_tokens=tokens))
+    return shortened
 
 
 def zero_ablation(sae: Any) -> Any:
@@ -111,33 +135,15 @@ def zero_ablation(sae: Any) -> Any:
 
 
 @contextmanager
-def _expected_warnings_hidden() -> Iterator[None]:
-    """Hide :data:`EXPECTED_WARNINGS`, and SAELens's log warning that the model and data were passed
-    in memory (they are, on purpose), for the demo's duration only."""
-    sae_lens_logger = logging.getLogger("sae_lens")
-    level = sae_lens_logger.level
-    sae_lens_logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            for message in EXPECTED_WARNINGS:
-                warnings.filterwarnings("ignore", message=message)
-            yield
-    finally:
-        sae_lens_logger.setLevel(level)
+def _stages(show: bool) -> Iterator[ProgressDisplay]:
+    """The demo's one progress display (stages, then each long step's tokens, rate and ETA), active
+    for the run so that training and evaluation report to it (see training.progress)."""
+    from saelens_gemmascope.training.progress import ProgressDisplay
 
-
-@contextmanager
-def _stages(show: bool) -> Iterator[Callable[[str], None]]:
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(STAGES), desc="gemmascope demo", unit="stage", disable=not show) as bar:
-
-        def advance(stage: str) -> None:
-            bar.set_postfix_str(stage)
-            bar.update(1)
-
-        bar.set_postfix_str(STAGES[0])
-        yield advance
+    display = ProgressDisplay(enabled=show, stages=STAGES)
+    with display.activate():
+        display.stage(STAGES[0])
+        yield display
 
 
 def _load_model(settings: DemoSettings, progress: bool) -> tuple[Any, dict[str, Any]]:
@@ -156,18 +162,17 @@ def run_demo(
 ) -> DemoResult:
     """Train, save, reload and evaluate a small Gemma Scope-style suite; write everything to ``out_dir``."""
     from sae_lens import SAE
-    from tqdm.auto import tqdm
 
-    from saelens_gemmascope.data import stdlib_token_dataset
     from saelens_gemmascope.evaluation import EvalSAE, evaluate_saes
+    from saelens_gemmascope.quiet import quiet_saelens
     from saelens_gemmascope.training.run_spec import RunSpec
     from saelens_gemmascope.training.suite import plan_suite, run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    say = tqdm.write if progress else (lambda _: None)
-    with _stages(progress) as advance, _expected_warnings_hidden():
+    with _stages(progress) as display, quiet_saelens(hide=EXPECTED_WARNINGS):
+        advance, say = display.stage, display.write
         model, model_metrics = _load_model(settings, progress)
         advance(STAGES[1])
 
@@ -199,13 +204,11 @@ def run_demo(
                 )
         advance(STAGES[3])
 
-        heldout = stdlib_token_dataset(
-            model.tokenizer, settings.eval_context, n_sequences=settings.eval_sequences, holdout=True
-        )
+        # dataset=None: the embedded held-out text, distinct sequences only (never cycled).
         result = evaluate_saes(
             [*items, *baselines.values()],
             model=model,
-            dataset=heldout,
+            dataset=None,
             n_sequences=settings.eval_sequences,
             context_size=settings.eval_context,
             out_dir=out / "eval",
@@ -214,7 +217,7 @@ def run_demo(
         advance(STAGES[4])
 
         rows = _rows(trained, result, baselines)
-        summary = _write_summary(out, rows, model_metrics, settings)
+        summary = _write_summary(out, rows, model_metrics, settings, result.settings)
     return DemoResult(out, tuple(rows), model_metrics, result.files.get("report", out / "eval"), summary)
 
 
@@ -235,9 +238,23 @@ def _rows(trained: Sequence[Any], result: Any, baselines: dict[str, Any]) -> lis
                 fvu=float(metrics["fvu"]),
                 delta_loss=float(metrics["delta_loss"]),
                 zero_ablation_delta_loss=float(zero["delta_loss"]),
+                dead_fraction=_finite_or_none(metrics["dead_fraction"]),
+                dense_fraction=_finite_or_none(metrics["dense_fraction"]),
+                export_id=t.export_id,
             )
         )
     return rows
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def _flag_cell(fraction: float | None, kind: str, row: DemoRow) -> str:
+    if fraction is None:
+        return "-"
+    cell = f"{100 * fraction:.1f}%"
+    return f"**{cell} ⚠**" if any(f.startswith(kind) for f in row.latent_flags) else cell
 
 
 def ladder_is_monotone(rows: Sequence[DemoRow]) -> bool:
@@ -252,8 +269,106 @@ def ladder_is_monotone(rows: Sequence[DemoRow]) -> bool:
     return True
 
 
+#: Said under the width comparison when a wider SAE is not better at equal L0: what was measured.
+WIDTH_CAVEAT = (
+    "Measured on this model (layer 1, all sites): trained for the same 200 steps, every 1024-wide SAE had "
+    "a worse FVU than the 512-wide one at equal L0 (undertrained: more latents, each updated less "
+    "often); with twice the steps (the default, scale_steps_with_width) every one had the better FVU. "
+    "A wider SAE still behind needs more steps."
+)
+
+
+@dataclass(frozen=True)
+class WidthComparison:
+    """A wider SAE against the narrower one of its (site, layer) at the wider one's L0."""
+
+    site: str
+    layer: int
+    narrow: int
+    wide: int
+    l0: float
+    narrow_fvu: float  # interpolated along the narrower ladder, linear in log L0
+    wide_fvu: float
+
+    @property
+    def wider_is_better(self) -> bool:
+        return self.wide_fvu < self.narrow_fvu
+
+
+def _interpolated_fvu(ladder: Sequence[DemoRow], l0: float) -> float | None:
+    """FVU of ``ladder`` at ``l0``, linear in log L0 between its two nearest rungs; None outside it."""
+    points = sorted((r.l0, r.fvu) for r in ladder if r.l0 > 0)
+    for (l0_a, fvu_a), (l0_b, fvu_b) in itertools.pairwise(points):
+        if l0_a <= l0 <= l0_b:
+            share = 0.0 if l0_b == l0_a else math.log(l0 / l0_a) / math.log(l0_b / l0_a)
+            return fvu_a + share * (fvu_b - fvu_a)
+    return None
+
+
+def width_comparisons(rows: Sequence[DemoRow]) -> list[WidthComparison]:
+    """Each SAE of a wider width against the next narrower width of its (site, layer), at equal L0
+    (the narrower FVU interpolated at the wider SAE's L0); SAEs outside the narrower ladder's L0
+    range are left out."""
+    ladders: dict[tuple[str, int], dict[int, list[DemoRow]]] = {}
+    for row in rows:
+        ladders.setdefault((row.site, row.layer), {}).setdefault(row.d_sae, []).append(row)
+    comparisons = []
+    for (site, layer), by_width in sorted(ladders.items()):
+        for narrow, wide in itertools.pairwise(sorted(by_width)):
+            for row in sorted(by_width[wide], key=lambda r: r.l0):
+                fvu = _interpolated_fvu(by_width[narrow], row.l0)
+                if fvu is not None:
+                    comparisons.append(WidthComparison(site, layer, narrow, wide, row.l0, fvu, row.fvu))
+    return comparisons
+
+
+def _width_lines(rows: Sequence[DemoRow]) -> list[str]:
+    comparisons = width_comparisons(rows)
+    if not comparisons:
+        return []
+    better = [c for c in comparisons if c.wider_is_better]
+    lines = [
+        f"Width at equal L0 (FVU of the narrower SAE interpolated at the wider one's L0): the wider SAE "
+        f"has the lower FVU in {len(better)} of {len(comparisons)} comparisons."
+    ]
+    worse = [c for c in comparisons if not c.wider_is_better]
+    if worse:
+        cases = ", ".join(
+            f"{c.site} L{c.layer} {c.wide} vs {c.narrow} at L0 {c.l0:.0f} ({c.wide_fvu:.3f} vs {c.narrow_fvu:.3f})"
+            for c in worse
+        )
+        lines.append(f"Not in: {cases}. {WIDTH_CAVEAT}")
+    return lines
+
+
+def _flag_lines(rows: Sequence[DemoRow]) -> list[str]:
+    from saelens_gemmascope.evaluation.result import DEAD_FLAG_FRACTION, DENSE_FLAG_FRACTION
+
+    flagged = [r for r in rows if r.latent_flags]
+    rule = (
+        f"more than {100 * DEAD_FLAG_FRACTION:g}% dead latents or more than {100 * DENSE_FLAG_FRACTION:g}% "
+        "dense ones (firing on over 10% of tokens)"
+    )
+    if not flagged:
+        return [f"No SAE has {rule}."]
+    listed = "; ".join(f"{r.label} ({', '.join(r.latent_flags)})" for r in flagged)
+    return [f"⚠ {len(flagged)} of {len(rows)} SAEs have {rule}: {listed}."]
+
+
+def _data_line(eval_settings: dict[str, Any]) -> str:
+    n, distinct = eval_settings["n_sequences"], eval_settings.get("n_distinct_sequences", "?")
+    return (
+        f"Evaluated on {n} held-out sequences ({distinct} distinct) of {eval_settings['context_size']} "
+        "tokens; L0 is measured there, release ids name the target L0 (`average_l0_24` for a target of 24)."
+    )
+
+
 def _write_summary(
-    out: Path, rows: Sequence[DemoRow], model_metrics: dict[str, Any], settings: DemoSettings
+    out: Path,
+    rows: Sequence[DemoRow],
+    model_metrics: dict[str, Any],
+    settings: DemoSettings,
+    eval_settings: dict[str, Any],
 ) -> Path:
     lines = [
         "# gemmascope demo",
@@ -266,17 +381,24 @@ def _write_summary(
             else ""
         ),
         "",
-        "| SAE | target L0 | λ | L0 | explained variance | delta loss | zero-ablation delta loss |",
-        "|---|---|---|---|---|---|---|",
+        "| SAE | release id | target L0 | λ | L0 | FVU | delta LM loss | zero-ablation delta LM loss | "
+        "dead latents | dense latents |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.label} | {r.target_l0:g} | {r.l0_coefficient:.3g} | {r.l0:.1f} | {1 - r.fvu:.3f} | "
-            f"{r.delta_loss:.3f} | {r.zero_ablation_delta_loss:.3f} |"
+            f"| {r.label} | {r.export_id or '-'} | {r.target_l0:g} | {r.l0_coefficient:.3g} | {r.l0:.1f} | "
+            f"{r.fvu:.3f} | {r.delta_loss:.3f} | {r.zero_ablation_delta_loss:.3f} | "
+            f"{_flag_cell(r.dead_fraction, 'dead', r)} | {_flag_cell(r.dense_fraction, 'dense', r)} |"
         )
     lines += [
         "",
+        "FVU is the fraction of variance unexplained (explained variance = 1 - FVU); delta LM loss is "
+        "the spliced minus the clean next-token loss (nats).",
+        _data_line(eval_settings),
         f"L0 decreases with λ on every ladder: {'yes' if ladder_is_monotone(rows) else 'NO'}.",
+        *_width_lines(rows),
+        *_flag_lines(rows),
         "Full report with plots: `eval/report.md`; SAEs: `suite/saes/` (SAELens format) and "
         "`suite/release/` (Gemma Scope layout).",
     ]

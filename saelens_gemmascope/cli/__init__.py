@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 #: Modules under saelens_gemmascope.cli that each define ``add_commands(subparsers)``.
 COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "releases", "evaluate", "train", "demo")
@@ -31,18 +31,54 @@ class UsageError(Exception):
         self.message = message
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps each paragraph of a description or epilog on its own, and keeps the lines of an indented
+    paragraph (the examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        filled = []
+        for paragraph in text.split("\n\n"):
+            if paragraph.startswith(" "):
+                filled.append("\n".join(indent + line for line in paragraph.splitlines()))
+            else:
+                filled.append(super()._fill_text(paragraph, width, indent))
+        return "\n\n".join(filled)
+
+
 class CommandParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` whose errors reach :func:`main` (one line, exit 2) instead of exiting."""
+    """An ``ArgumentParser`` whose errors reach :func:`main` (one line, exit 2) instead of exiting;
+    its sub-commands' parsers are of this class too, with :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(self.prog, message)
 
 
+def examples(*lines: str) -> str:
+    """An epilog listing example command lines (kept as written by :class:`HelpFormatter`)."""
+    return "examples:\n\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gemmascope`` parser. Building it imports no heavy module (torch, SAELens): each
+    sub-command module imports what it runs inside its handler, so ``--help`` is answered as soon as
+    the package itself is imported."""
     from saelens_gemmascope import __version__
 
     parser = CommandParser(
-        prog="gemmascope", description="Gemma Scope SAEs in SAELens: load, train, evaluate."
+        prog="gemmascope",
+        description="Gemma Scope SAEs in SAELens: load, train, evaluate. "
+        "`gemmascope COMMAND --help` describes each command.",
+        epilog=examples(
+            "gemmascope demo --quick                      # end to end on CPU, no downloads",
+            "gemmascope ls --model gemma-2-2b --site res --layer 12",
+            "gemmascope info gemma-scope-2b-pt-res-canonical layer_12/width_16k/canonical",
+            "gemmascope presets 'tiny-gemma-2/*'",
+            "gemmascope ls gemmascope-demo/suite/release/tiny-gemma-2-stdlib-res   # a local export folder",
+        ),
     )
     parser.add_argument("--version", action="version", version=f"saelens-gemmascope {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

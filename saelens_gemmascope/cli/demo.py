@@ -7,6 +7,8 @@ from typing import Any
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    from saelens_gemmascope.cli import examples
+
     parser = subparsers.add_parser(
         "demo",
         help="end to end on the embedded tiny Gemma 2 (CPU, no downloads)",
@@ -14,11 +16,18 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "Gemma Scope-style suite with the exact recipe (res, mlp and att on two layers, two widths, a ladder "
         "of three sparsity targets, one shared forward pass), saves it in SAELens format and the Gemma Scope "
         "layout, reloads it with SAE.from_pretrained and evaluates it like the paper.",
+        epilog=examples(
+            "gemmascope demo --quick     # one layer, one width", "gemmascope demo --out my-demo"
+        ),
     )
     parser.add_argument("--out", default="gemmascope-demo", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one layer, one width, few steps")
-    parser.add_argument("--model", help="train on another registered model, e.g. tiny-gemma-2 (random)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--model",
+        help="train on another registered model, e.g. tiny-gemma-2 (random weights) "
+        "(default: tiny-gemma-2-stdlib, the embedded pretrained one)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.set_defaults(handler=run)
 
 
@@ -48,13 +57,17 @@ def check_demo_model(settings: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from saelens_gemmascope.demo import QUICK_SETTINGS, DemoSettings, run_demo
+    from saelens_gemmascope.demo import QUICK_SETTINGS, DemoSettings, demo_presets, run_demo
+    from saelens_gemmascope.threads import cpu_threads_for_plan
+    from saelens_gemmascope.training.suite import plan_suite
 
     settings = QUICK_SETTINGS if args.quick else DemoSettings()
     if args.model:
         settings = dataclasses.replace(settings, model=args.model)
     check_demo_model(settings)
-    result = run_demo(args.out, settings, progress=not args.no_progress)
+    # One thread for the demo's small matrices (two made it about 20x slower on a busy 2-core box).
+    with cpu_threads_for_plan(plan_suite(demo_presets(settings))):
+        result = run_demo(args.out, settings, progress=not args.no_progress)
     print(result.summary.read_text())
     print(f"Everything is in {result.out_dir.resolve()} (report: {result.report})")
     return 0

@@ -8,17 +8,36 @@ from typing import Any
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
+    from saelens_gemmascope.cli import examples
+
     ev = subparsers.add_parser(
         "eval",
         help="L0, delta LM loss, FVU, KL, dead/dense latents, by position and domain; several SAEs at once",
         description=(
-            "SOURCE is a release name (name SAEs by ID, --filter or --all), a Gemma Scope export folder "
-            "(release.json; all its SAEs unless IDs are given), a SAELens save folder or a folder of them. "
-            "--with adds more groups, evaluated on the same tokens (e.g. a trained SAE next to the release)."
+            "RELEASE-OR-PATH is a release name (name SAEs by ID, --filter or --all), a local export folder "
+            "(release.json, as `gemmascope train` and the demo write; all its SAEs unless IDs are given), "
+            "a SAELens save folder or a folder of them. --with adds more groups, evaluated on the same "
+            "tokens (e.g. a trained SAE next to the release). Writes metrics.json, report.md and plots "
+            "to --out."
+        ),
+        epilog=examples(
+            "gemmascope eval gemmascope-demo/suite/release/tiny-gemma-2-stdlib-res --model tiny-gemma-2-stdlib",
+            "gemmascope eval gemma-scope-2b-pt-res --filter 'layer_12/width_16k/*' --device cuda",
+            "gemmascope eval gemma-scope-2b-pt-res layer_12/width_16k/average_l0_82 --with runs/l12/saes",
         ),
     )
-    ev.add_argument("source", metavar="RELEASE-OR-PATH")
-    ev.add_argument("ids", nargs="*", metavar="ID")
+    ev.add_argument(
+        "source",
+        metavar="RELEASE-OR-PATH",
+        help="a release, a local export folder, a SAELens save folder or a folder of them",
+    )
+    ev.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="SAE ids of RELEASE-OR-PATH (default: all of an export folder; a release needs ids, "
+        "--filter or --all)",
+    )
     ev.add_argument(
         "--with",
         dest="more",
@@ -26,20 +45,49 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         action="append",
         default=[],
         metavar="ITEM",
-        help="another RELEASE-OR-PATH [ID ...] group (repeatable)",
+        help="another RELEASE-OR-PATH [ID ...] group (repeatable; default: none)",
     )
     ev.add_argument("--all", action="store_true", help="every SAE of a release")
-    ev.add_argument("--filter", metavar="GLOB", help="SAE ids matching GLOB, e.g. 'layer_12/width_16k/*'")
-    ev.add_argument("--model", help="default: the SAEs' model_name (e.g. gemma-2-2b; tiny-gemma-2)")
-    ev.add_argument("--dataset", help="hub dataset name or saved folder (default: embedded text)")
-    ev.add_argument("--domain-column", help="e.g. meta.pile_set_name (default: auto-detected)")
-    ev.add_argument("--n-sequences", type=int, default=2048)
-    ev.add_argument("--context-size", type=int, default=1024)
-    ev.add_argument("--batch-size", type=int, default=8)
-    ev.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available)")
-    ev.add_argument("--dtype", help="model dtype, e.g. bfloat16 (default: float32)")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--out", default="gemmascope-eval", help="output folder (default: %(default)s)")
+    ev.add_argument(
+        "--filter", metavar="GLOB", help="SAE ids matching GLOB, e.g. 'layer_12/width_16k/*' (default: none)"
+    )
+    ev.add_argument("--model", help="e.g. gemma-2-2b, tiny-gemma-2 (default: the SAEs' model_name)")
+    ev.add_argument("--dataset", help="hub dataset name or save_to_disk folder (default: embedded text)")
+    ev.add_argument(
+        "--domain-column", metavar="COLUMN", help="e.g. meta.pile_set_name (default: auto-detected)"
+    )
+    ev.add_argument(
+        "--n-sequences",
+        type=int,
+        metavar="N",
+        default=2048,
+        help="sequences to evaluate on (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--context-size",
+        type=int,
+        metavar="TOKENS",
+        default=1024,
+        help="tokens per sequence (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="N",
+        default=8,
+        help="sequences per forward pass (default: %(default)s)",
+    )
+    ev.add_argument("--device", help="e.g. cuda, cpu (default: cuda when available, else cpu)")
+    ev.add_argument("--dtype", help=f"model dtype: {', '.join(EVAL_DTYPES)} (default: float32)")
+    ev.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed for sampling the evaluation sequences (default: %(default)s)",
+    )
+    ev.add_argument(
+        "--out", metavar="DIR", default="gemmascope-eval", help="output folder (default: %(default)s)"
+    )
     ev.set_defaults(handler=run_eval)
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    parser = subparsers.add_parser("plugins", help="list loaded plugins and what they registered")
+    parser = subparsers.add_parser(
+        "plugins",
+        help="list loaded plugins and what they registered",
+        description="Lists the plugins loaded at import (the built-in one and those installed under the "
+        "saelens_gemmascope entry-point group): version, source, the hooks each implements and how many "
+        "architectures, models, releases and presets each registered.",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(handler=run)
 

@@ -16,7 +16,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "A folder that was moved or deleted is listed as such; --remove forgets a name (the folder is "
         "left as it is).",
     )
-    parser.add_argument("--remove", metavar="NAME", help="forget this release name")
+    parser.add_argument(
+        "--remove", metavar="NAME", help="forget this release name (default: list the releases, forget none)"
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(handler=run)
 

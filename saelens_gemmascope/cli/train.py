@@ -5,36 +5,82 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from typing import Any
+
+#: training.calibration.DEFAULT_GRID as --calibration-grid takes it, spelled out: importing that module
+#: imports torch, and building the parser imports nothing heavy (the help test checks they agree).
+DEFAULT_GRID_TEXT = "3e-4,3e-3,3e-2,3e-1"
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
-    presets = subparsers.add_parser("presets", help="list training presets (glob patterns)")
-    presets.add_argument("patterns", nargs="*", default=["*"], metavar="PATTERN")
+    from saelens_gemmascope.cli import examples
+
+    _add_presets(subparsers, examples)
+    _add_train(subparsers, examples)
+
+
+def _add_presets(subparsers: argparse._SubParsersAction[Any], examples: Callable[..., str]) -> None:
+    presets = subparsers.add_parser(
+        "presets",
+        help="list training presets (glob patterns)",
+        description="Lists the training presets: one per (model, site, layer, width), with its hook, "
+        "d_sae, token budget and ladder of target L0s. Their names are what `gemmascope train` takes.",
+        epilog=examples(
+            "gemmascope presets", "gemmascope presets 'tiny-gemma-2/*' 'gemma-2-2b/res/layer_12/*'"
+        ),
+    )
+    presets.add_argument(
+        "patterns",
+        nargs="*",
+        default=["*"],
+        metavar="PATTERN",
+        help="preset names or glob patterns, e.g. 'gemma-2-2b/res/*' (default: every preset)",
+    )
     presets.add_argument("--json", action="store_true", help="print machine-readable JSON")
     presets.set_defaults(handler=run_presets)
 
+
+def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[..., str]) -> None:
     train = subparsers.add_parser(
         "train",
         help="train presets: calibrate λ, share forward passes, export",
-        description="Retrain presets (see `gemmascope presets`) with the Gemma Scope recipe: calibrate λ "
-        "per target L0 (or train an explicit λ ladder), feed every SAE of a group from one forward pass, "
-        "save in SAELens format and export in the Gemma Scope layout. The same path runs in one process "
-        "and under torchrun (--distributed).",
+        description="Retrain presets (list them with `gemmascope presets`) with the Gemma Scope recipe: "
+        "calibrate λ per target L0 (or train an explicit λ ladder), feed every SAE of a group from one "
+        "forward pass, save in SAELens format and export in the Gemma Scope layout (a local release that "
+        "`SAE.from_pretrained`, `gemmascope ls` and `gemmascope eval` take). The same path runs in one "
+        "process and under torchrun (--distributed). --dry-run prints the plan (groups, memory, tokens) "
+        "without training.",
+        epilog=examples(
+            "gemmascope presets 'tiny-gemma-2/*'                       # what can be trained",
+            "gemmascope train 'tiny-gemma-2/res/layer_1/*' --dry-run   # the plan only",
+            "gemmascope train tiny-gemma-2/res/layer_1/width_256 --set training_tokens=200k",
+            "gemmascope train 'gemma-2-2b/res/layer_12/width_16k' --device cuda --memory-budget 60GiB",
+            "gemmascope train ... --l0-coefficients 3e-4,1e-3,3e-3     # an explicit λ ladder",
+            "gemmascope train ... --checkpoint-every 250M --wandb my-project",
+            "gemmascope train ... --resume                             # continue from the last checkpoints",
+        ),
     )
     train.add_argument("patterns", nargs="+", metavar="PRESET-OR-PATTERN",
-                       help="preset names or glob patterns, e.g. 'tiny-gemma-2/res/layer_1/*'")  # fmt: skip
-    train.add_argument("--output", default="gemmascope-suite", help="output folder (default: %(default)s)")
-    train.add_argument("--data", default="stdlib",
+                       help="preset names or glob patterns, e.g. 'tiny-gemma-2/res/layer_1/*' "
+                       "(list them with: gemmascope presets)")  # fmt: skip
+    train.add_argument(
+        "--output", metavar="DIR", default="gemmascope-suite", help="output folder (default: %(default)s)"
+    )
+    train.add_argument("--data", metavar="SOURCE", default="stdlib",
                        help="stdlib (embedded), a save_to_disk folder, or a hub dataset name (default: %(default)s)")  # fmt: skip
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
                        help="override a setting (repeatable; Python/JSON literals): sae.KEY for the SAE config, "
-                       "runner.KEY for the runner config, or a bare KEY that names a field of one side only")  # fmt: skip
+                       "runner.KEY for the runner config, or a bare KEY that names a field of one side only "
+                       "(default: the preset's settings)")  # fmt: skip
     train.add_argument(
-        "--memory-budget", help="bytes for SAEs and buffers, e.g. 40GiB (default: free CUDA memory)"
+        "--memory-budget",
+        metavar="SIZE",
+        help="bytes for SAEs and buffers, e.g. 40GiB (default: free CUDA memory; none on CPU)",
     )
     train.add_argument("--device", default="cpu",
-                       help="where the model, activations, SAEs and optimiser live (default: %(default)s)")  # fmt: skip
+                       help="where the model, activations, SAEs and optimiser live, e.g. cuda "
+                       "(default: %(default)s)")  # fmt: skip
     train.add_argument(
         "--dtype", default="float32", help="dtype of the model, activations and SAEs (default: %(default)s)"
     )
@@ -43,28 +89,40 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
     checkpoints = train.add_mutually_exclusive_group()
     checkpoints.add_argument(
-        "--checkpoints", type=int, default=4, help="checkpoints per pass (default: %(default)s)"
+        "--checkpoints", type=int, metavar="N", default=4, help="checkpoints per pass (default: %(default)s)"
     )
     checkpoints.add_argument(
-        "--checkpoint-every", metavar="TOKENS", help="a checkpoint every TOKENS training tokens, e.g. 500M"
+        "--checkpoint-every",
+        metavar="TOKENS",
+        help="a checkpoint every TOKENS training tokens, e.g. 500M (default: --checkpoints per pass)",
     )
     train.add_argument(
         "--wandb", nargs="?", const="gemmascope", metavar="PROJECT",
-        help="log training passes to wandb (project default: %(const)s); offline without a key or "
-        "network, with the `wandb sync` command printed at the end",
+        help="log training passes to wandb project PROJECT (%(const)s when not named; default: no logging); "
+        "offline without a key or network, with the `wandb sync` command printed at the end",
     )  # fmt: skip
     ladder = train.add_mutually_exclusive_group()
-    ladder.add_argument("--calibration-grid", help="comma-separated λs for the first calibration round")
+    ladder.add_argument(
+        "--calibration-grid",
+        metavar="λ,λ,...",
+        help=f"comma-separated λs for the first calibration round (default: {DEFAULT_GRID_TEXT})",
+    )
     ladder.add_argument("--l0-coefficients", metavar="λ,λ,...",
-                        help="train this explicit λ ladder for every preset (no calibration)")  # fmt: skip
+                        help="train this explicit λ ladder for every preset, no calibration "
+                        "(default: calibrate one λ per target L0)")  # fmt: skip
     train.add_argument(
-        "--refine-rounds", type=int, default=1, help="calibration refinement rounds (default: %(default)s)"
+        "--refine-rounds",
+        type=int,
+        metavar="N",
+        default=1,
+        help="calibration refinement rounds (default: %(default)s)",
     )
     train.add_argument(
         "--distributed",
         choices=["data", "sae"],
         help="run as one rank of a torchrun job: 'data' splits each batch over the ranks (gradients "
-        "averaged), 'sae' gathers the batch and spreads each pass's SAEs over the ranks",
+        "averaged), 'sae' gathers the batch and spreads each pass's SAEs over the ranks "
+        "(default: one process)",
     )
     train.set_defaults(handler=run_train)
 
@@ -208,6 +266,8 @@ def run_spec_from_args(args: argparse.Namespace) -> Any:
 
 def run_train(args: argparse.Namespace) -> int:
     from saelens_gemmascope.cli import check_output_folder
+    from saelens_gemmascope.quiet import quiet_saelens
+    from saelens_gemmascope.threads import cpu_threads_for_plan
     from saelens_gemmascope.training.preset_config import match_presets
     from saelens_gemmascope.training.run_spec import check_device_available
     from saelens_gemmascope.training.suite import run_suite
@@ -230,7 +290,11 @@ def run_train(args: argparse.Namespace) -> int:
         return _run_distributed(args, plan, grid)
     trainers = group_trainers(spec, cached=args.cached_activations, resume=args.resume)
     _load_models_first(plan, trainers)
-    result = run_suite(plan, spec.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds)
+    # SAELens's repeated warnings once each; torch's thread count for the work's size on a CPU.
+    with quiet_saelens(), cpu_threads_for_plan(plan):
+        result = run_suite(
+            plan, spec.output, trainers, calibration_grid=grid, refine_rounds=args.refine_rounds
+        )
     print(result.summary())
     return 0
 
@@ -306,6 +370,8 @@ def _load_models_first(plan: Any, trainers: Any) -> None:
 
 def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | None) -> int:
     """The same suite run as one rank of a torchrun job (the process group spans the run)."""
+    from saelens_gemmascope.quiet import quiet_saelens
+    from saelens_gemmascope.threads import cpu_threads_for_plan
     from saelens_gemmascope.training.distributed import close_distributed, init_distributed
     from saelens_gemmascope.training.suite import run_suite
     from saelens_gemmascope.training.suite_training import group_trainers
@@ -317,8 +383,9 @@ def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | No
     progress = print if joined.is_main else (lambda _message: None)
     try:
         trainers = group_trainers(spec, resume=args.resume, progress=progress)
-        result = run_suite(plan, spec.output, trainers, calibration_grid=grid,
-                           refine_rounds=args.refine_rounds, progress=progress)  # fmt: skip
+        with quiet_saelens(), cpu_threads_for_plan(plan):
+            result = run_suite(plan, spec.output, trainers, calibration_grid=grid,
+                               refine_rounds=args.refine_rounds, progress=progress)  # fmt: skip
     finally:
         close_distributed()
     if joined.is_main:

@@ -37,8 +37,9 @@ def stdlib_token_dataset(
     """Pre-tokenised ``input_ids`` rows of ``context_size`` tokens, each starting with BOS.
 
     The text is split once into a training part and a held-out tail (``holdout=True`` returns the
-    tail), so evaluation never sees training text. Rows repeat cyclically if ``n_sequences`` asks for
-    more than the text holds.
+    tail), so evaluation never sees training text. Without ``n_sequences``, every full row the text
+    holds, each distinct (what the evaluation default uses); with it, rows repeat cyclically when it
+    asks for more than the text holds (a training stream may cycle).
     """
     import datasets
 

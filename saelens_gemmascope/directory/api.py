@@ -12,7 +12,13 @@ from saelens_gemmascope.directory.cache import read_converted
 from saelens_gemmascope.directory.converter import GemmaScopeConverter, default_converter
 from saelens_gemmascope.directory.manifest import SaeVariant, load_manifest
 from saelens_gemmascope.directory.releases import builtin_directory, resolve
-from saelens_gemmascope.directory.sources import find_local_params, hub_is_offline, mirror_path, mirror_root
+from saelens_gemmascope.directory.sources import (
+    find_local_params,
+    hub_is_offline,
+    mirror_path,
+    mirror_root,
+    offline_variables,
+)
 
 if TYPE_CHECKING:
     from sae_lens import SAE
@@ -91,8 +97,60 @@ def describe_load_source(variant: SaeVariant, mirror: MirrorArg = None) -> str:
     if hub_is_offline():
         root = mirror_root(mirror)
         hint = f" (mirror would be {mirror_path(root, variant.repo_id, variant.folder)})" if root else ""
-        return f"unavailable: offline and no local copy{hint}"
+        variables = ", ".join(f"{name}={os.environ[name]}" for name in offline_variables()) or "in-process"
+        return f"unavailable: offline mode ({variables}) and no local copy{hint}"
     return f"hub download of {variant.repo_id}/{variant.folder}/params.npz"
+
+
+@dataclass(frozen=True)
+class LocalSae:
+    """One SAE of a local release (an entry of its export folder's release.json), as ``gemmascope ls``
+    and ``gemmascope info`` show it. ``average_l0`` is the L0 measured at export."""
+
+    release: str
+    sae_id: str
+    root: Path  # the export folder (release.json)
+    folder: Path  # holds the SAE's params.npz
+    model: str | None
+    site: str | None
+    layer: int | None
+    width: str
+    hook_name: str | None
+    d_in: int
+    d_sae: int
+    average_l0: float
+
+
+def local_release_saes(release: str) -> list[LocalSae] | None:
+    """The SAEs of ``release`` if it is a local release registered in this process (an export folder
+    given to ``register_local_release``, or recorded by an earlier run), else None. Reads release.json
+    only: nothing is loaded."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    from saelens_gemmascope.directory.local import LOCAL_CONVERTER_NAME
+    from saelens_gemmascope.training.export import read_release_manifest
+
+    entry = get_pretrained_saes_directory().get(release)
+    if entry is None or entry.conversion_func != LOCAL_CONVERTER_NAME:
+        return None
+    root = Path(entry.repo_id)
+    return [
+        LocalSae(
+            release=release,
+            sae_id=e["id"],
+            root=root,
+            folder=root / e["path"],
+            model=e.get("model_name"),
+            site=e.get("site"),
+            layer=e.get("layer"),
+            width=str(e.get("width") or e["d_sae"]),
+            hook_name=e.get("hook_name"),
+            d_in=e["d_in"],
+            d_sae=e["d_sae"],
+            average_l0=float(e["average_l0"]),
+        )
+        for e in read_release_manifest(root)["saes"]
+    ]
 
 
 @dataclass(frozen=True)

@@ -152,15 +152,9 @@ class GemmaScopeConverter:
             raise ValueError(f"{repo_id}: no model spec for {release.model!r}")
         layer = None if match["embedding"] else int(match["layer"])
         site = EMBEDDING if layer is None else release.site
-        if site == "transcoder":
-            hook_in, hook_out = (
-                model.hook_point("transcoder_in", layer),
-                model.hook_point("transcoder_out", layer),
-            )
-            hook_name, hook_name_out, d_in = hook_in.tl_hook, hook_out.tl_hook, hook_in.d_in
-        else:
-            hook = model.hook_point(site, layer)
-            hook_name, hook_name_out, d_in = hook.tl_hook, None, hook.d_in
+        hook = model.hook_point(site, layer)  # a transcoder also writes: hook.output
+        hook_name, d_in = hook.tl_hook, hook.d_in
+        hook_name_out = hook.output.tl_hook if hook.output is not None else None
         return ConversionTarget(
             repo_id=repo_id,
             folder=folder.strip("/"),

@@ -60,17 +60,24 @@ class UnknownRepoError(ValueError):
         )
 
 
-class SaeFileUnavailableError(FileNotFoundError):
-    """No local copy of a params.npz and the hub cannot be reached (offline or failing)."""
+#: What (3) of :class:`SaeFileUnavailableError` says when the caller names nothing more specific.
+DOWNLOAD_REMEDY = "download it from the hub once the hub can be reached"
 
-    def __init__(self, repo_id: str, folder: str, reason: str) -> None:
+
+class SaeFileUnavailableError(FileNotFoundError):
+    """No local copy of a params.npz and the hub cannot be used (offline mode, unreachable or failing).
+
+    ``reason`` says which of these it is; ``remedy`` is the third way out, matching that state (unset
+    HF_HUB_OFFLINE only when it is set)."""
+
+    def __init__(self, repo_id: str, folder: str, reason: str, *, remedy: str = DOWNLOAD_REMEDY) -> None:
         self.repo_id = repo_id
         self.folder = folder
         super().__init__(
             f"Cannot get {repo_id}/{folder}/params.npz: {reason}. "
             f"Provide a local copy in one of these ways: (1) a mirror folder laid out like the hub, "
-            f"<root>/{repo_id}/{folder}/params.npz, named by the {MIRROR_ENV_VAR} environment variable "
-            f"or the mirror= argument; (2) run `gemmascope fetch <release> <id>` on a machine with "
-            f"network access (it fills the Hugging Face cache and the conversion cache); or (3) unset "
-            f"HF_HUB_OFFLINE to download from the hub."
+            f"<root>/{repo_id}/{folder}/params.npz, named by --mirror <root> (gemmascope fetch, "
+            f"gemmascope info), the mirror= argument or the {MIRROR_ENV_VAR} environment variable; "
+            f"(2) run `gemmascope fetch <release> <id>` on a machine with network access (it fills the "
+            f"Hugging Face cache and the conversion cache); or (3) {remedy}."
         )

@@ -29,7 +29,11 @@ from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_
 
 from saelens_gemmascope.directory import local_registry
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
-from saelens_gemmascope.training.export import RELEASE_FILE, read_release_manifest
+from saelens_gemmascope.training.export import (
+    RELEASE_FILE,
+    exported_reshape_activations,
+    read_release_manifest,
+)
 
 LOCAL_CONVERTER_NAME = "gemmascope_local"
 #: A training run writes its release folders as ``<run>/release/<model>-<site>``
@@ -65,7 +69,10 @@ def local_release_config(
         "device": device,
         "apply_b_dec_to_input": False,
         "normalize_activations": "none",
-        "reshape_activations": entry.get("reshape_activations") or "none",
+        # Exports before hook_z was recorded for attention SAEs say "none": read them as hook_z too.
+        "reshape_activations": exported_reshape_activations(
+            entry.get("hook_name"), entry.get("reshape_activations") or "none"
+        ),
         "metadata": {
             "sae_lens_version": sae_lens_version,
             "model_name": entry.get("model_name"),

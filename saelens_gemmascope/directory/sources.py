@@ -8,6 +8,7 @@ named by the ``mirror`` argument or the ``SAELENS_GEMMASCOPE_MIRROR`` environmen
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,7 @@ from typing import Literal
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, try_to_load_from_cache
 from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import get_session
 
 from saelens_gemmascope.directory.errors import MIRROR_ENV_VAR, SaeFileUnavailableError
 
@@ -84,6 +86,61 @@ def hub_is_offline() -> bool:
     return bool(hf_constants.is_offline_mode())
 
 
+#: The environment variables that turn on huggingface_hub's offline mode (read when it is imported).
+OFFLINE_VARIABLES: tuple[str, ...] = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+#: Seconds the one probe of the hub waits: a hub that does not answer in this time is unreachable.
+HUB_PROBE_TIMEOUT_S = 3.0
+#: The values huggingface_hub reads as true.
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
+
+
+def offline_variables() -> list[str]:
+    """The offline-mode variables set (to a true value) in the environment now."""
+    return [name for name in OFFLINE_VARIABLES if os.environ.get(name, "").upper() in _TRUE_VALUES]
+
+
+def offline_state() -> tuple[str, str]:
+    """Why the hub is off limits in offline mode, and how to lift it: the variables that are set."""
+    set_now = offline_variables()
+    if not set_now:  # turned on in-process, or the variable was unset after huggingface_hub read it
+        return (
+            "huggingface_hub is in offline mode (HF_HUB_OFFLINE was set when it was imported)",
+            "start the process without HF_HUB_OFFLINE to download from the hub",
+        )
+    shown = " and ".join(f"{name}={os.environ[name]}" for name in set_now)
+    return (
+        f"{shown} {'is' if len(set_now) == 1 else 'are'} set (huggingface_hub's offline mode)",
+        f"`unset {' '.join(set_now)}` in the shell and run again, to download from the hub",
+    )
+
+
+def hub_unreachable_reason(timeout_s: float = HUB_PROBE_TIMEOUT_S) -> str | None:
+    """One request to the hub endpoint (no retries, at most ``timeout_s`` seconds, DNS included): None
+    when it answers (any HTTP status), else why not. huggingface_hub's own client is used so that its
+    proxies, certificates and ``HF_ENDPOINT`` apply; downloads retry five times with back-off, which
+    made an unreachable hub cost 30 s before this probe."""
+    endpoint = hf_constants.ENDPOINT
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            get_session().head(endpoint, timeout=timeout_s, follow_redirects=False)
+            outcome.append(None)
+        except Exception as err:  # any failure of the request (httpx2, httpx or requests errors)
+            outcome.append(err)
+
+    # A thread bounds the name lookup too, which the client's timeout does not cover.
+    worker = threading.Thread(target=probe, name="gemmascope-hub-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 0.5)
+    if not outcome:
+        return f"the Hugging Face hub at {endpoint} did not answer within {timeout_s:g} s"
+    error = outcome[0]
+    if error is None:
+        return None
+    return f"the Hugging Face hub at {endpoint} is unreachable ({type(error).__name__}: {error})"
+
+
 def download_params(
     repo_id: str,
     folder: str,
@@ -93,11 +150,21 @@ def download_params(
     note: str | None = None,
 ) -> SourceFile:
     """Download (or re-use the cached) params.npz from the hub; clear advice when that is impossible.
-    ``note`` is added to that advice (e.g. why a conversion-cache file was not used)."""
+    ``note`` is added to that advice (e.g. why a conversion-cache file was not used). Offline mode or
+    an unreachable hub fails at once (one probe, no retries), with advice that matches which it is."""
     looked = _looked_in(repo_id, folder, mirror) + (f"; {note}" if note else "")
     if hub_is_offline():
+        reason, remedy = offline_state()
         raise SaeFileUnavailableError(
-            repo_id, folder, f"HF_HUB_OFFLINE is set and there is no local copy ({looked})"
+            repo_id, folder, f"{reason} and there is no local copy ({looked})", remedy=remedy
+        )
+    unreachable = hub_unreachable_reason()
+    if unreachable is not None:
+        raise SaeFileUnavailableError(
+            repo_id,
+            folder,
+            f"{unreachable}; HF_HUB_OFFLINE is not set; there is no local copy ({looked})",
+            remedy="run again where the hub can be reached (or with HF_ENDPOINT naming a hub mirror)",
         )
     try:
         path = hf_hub_download(

@@ -7,10 +7,16 @@ masked by the rules in :mod:`saelens_gemmascope.evaluation.masking`, so it never
 
 The domain of a row is read from a ``domain`` column or from the Pile's ``meta.pile_set_name``
 (``domain_column`` names another, dotted for nested fields).
+
+The embedded default never repeats a sequence: it holds as many distinct rows as the held-out text
+fills (126 of 128 tokens with the embedded model's tokenizer; 45 of 1,024 with tiny-gemma-2's byte
+tokenizer), and a request for more is cut to those with an :class:`EvalDataWarning`;
+``metrics.json`` records ``n_distinct_sequences`` for any data.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -23,6 +29,7 @@ import torch
 TOKEN_COLUMNS = ("input_ids", "tokens")
 TEXT_COLUMN = "text"
 DOMAIN_COLUMNS = ("domain", "meta.pile_set_name")
+DEFAULT_DESCRIPTION = "embedded default (held-out Python documentation)"
 #: Streaming datasets are shuffled through a buffer of this many rows.
 _SHUFFLE_BUFFER = 10_000
 
@@ -45,6 +52,28 @@ def _field(row: Mapping[str, Any], dotted: str) -> Any:
 
 class EvalDataError(ValueError):
     """Evaluation tokens that cannot be used: sizes, missing columns, ids the model does not have."""
+
+
+class EvalDataWarning(UserWarning):
+    """Evaluation tokens that are usable but not what was asked for: fewer or repeated sequences."""
+
+
+def warn_one_line(message: str) -> None:
+    """An :class:`EvalDataWarning` printed as one line (no source line under it)."""
+    warnings.warn_explicit(message, EvalDataWarning, filename="saelens_gemmascope", lineno=0)
+
+
+def distinct_sequences(tokens: torch.Tensor, description: str = "") -> int:
+    """How many rows of ``tokens`` differ from each other; warns when some repeat (a repeated
+    sequence counts twice in every metric, and the sequence count overstates the data)."""
+    distinct = int(torch.unique(tokens, dim=0).shape[0]) if tokens.numel() else 0
+    if distinct < tokens.shape[0]:
+        source = f" of {description}" if description else ""
+        warn_one_line(
+            f"the {tokens.shape[0]} evaluation sequences{source} hold only {distinct} distinct ones; "
+            "repeated sequences count once per repeat"
+        )
+    return distinct
 
 
 def _row_ids(row: Mapping[str, Any], tokenizer: Any) -> list[int]:
@@ -137,10 +166,26 @@ def eval_tokens(
 
 
 def default_dataset(tokenizer: Any, n_sequences: int, context_size: int) -> Any:
-    """The embedded default: held-out Python documentation prose, no download."""
+    """The embedded default: held-out Python documentation prose, no download; at most
+    ``n_sequences`` rows, every one distinct (fewer when the held-out text holds fewer)."""
     from saelens_gemmascope.data import stdlib_token_dataset
 
-    return stdlib_token_dataset(tokenizer, context_size, n_sequences=n_sequences, holdout=True)
+    rows = stdlib_token_dataset(tokenizer, context_size, holdout=True)
+    return rows.select(range(min(n_sequences, len(rows))))
+
+
+def default_eval_tokens(tokenizer: Any, n_sequences: int, context_size: int, seed: int = 0) -> EvalTokens:
+    """The embedded default as evaluation tokens: ``n_sequences`` distinct rows, or all the held-out
+    text holds when that is fewer (with an :class:`EvalDataWarning` naming both counts)."""
+    check_sizes(n_sequences, context_size)
+    dataset = default_dataset(tokenizer, n_sequences, context_size)
+    if len(dataset) < n_sequences:
+        warn_one_line(
+            f"the embedded evaluation text holds {len(dataset)} distinct sequences of {context_size} tokens; "
+            f"evaluating on those {len(dataset)}, not the {n_sequences} asked for (a shorter context "
+            "size gives more, or pass a dataset)"
+        )
+    return eval_tokens(dataset, tokenizer, len(dataset), context_size, seed, description=DEFAULT_DESCRIPTION)
 
 
 def _looks_like_a_path(name: str) -> bool:

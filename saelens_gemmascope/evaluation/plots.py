@@ -1,8 +1,8 @@
 """The report's figures (matplotlib, Agg backend; no display needed).
 
-* :func:`plot_frontier`: delta loss and FVU against L0 (log-x), one line per (site, layer, width,
-  source), as in the paper's Figure 2; colour tells the site apart, the marker the source, so a
-  trained SAE and the released one at the same site share the plot.
+* :func:`plot_frontier`: delta LM loss and FVU against L0, as in the paper's Figure 2, one row per
+  site, log axes, each layer's zero ablation as a reference; colour tells the layer apart, line
+  style the width, the marker the source, so a trained SAE and the released one share a panel.
 * :func:`plot_by_position`: delta loss and FVU at each sequence position, one row per site.
 * :func:`plot_by_domain`: delta loss per dataset domain, one bar per SAE.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saelens_gemmascope.evaluation.result import SAEMetrics
+from saelens_gemmascope.evaluation.result import METRIC_NAMES, SAEMetrics
 
 SOURCE_MARKERS = {"released": "o", "trained": "s", "local": "^"}
 _OTHER_MARKER = "D"
@@ -50,48 +50,105 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_frontier(saes: Sequence[SAEMetrics], path: Path) -> Path:
-    plt = _pyplot()
-    groups: dict[tuple[str, str], list[SAEMetrics]] = defaultdict(list)
+#: Rows of the frontier plot, in this order (other sites follow, sorted).
+_SITE_ORDER = ("embedding", "res", "mlp", "att", "transcoder")
+_WIDTH_STYLES = ("-", "--", ":", "-.")
+_FRONTIER_METRICS = ("delta_loss", "fvu")
+
+
+def _site_rows(saes: Sequence[SAEMetrics]) -> dict[str, list[SAEMetrics]]:
+    by_site: dict[str, list[SAEMetrics]] = defaultdict(list)
     for sae in saes:
-        groups[(site_label(sae), sae.source)].append(sae)
-    sites = sorted({site for site, _ in groups})
-    # tab10 is the clearest palette; past 10 lines it would repeat colours, so switch to tab20.
-    palette, size = ("tab10", 10) if len(sites) <= 10 else ("tab20", 20)
-    colours = {site: plt.get_cmap(palette)(i % size) for i, site in enumerate(sites)}
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
-    for (site, source), members in sorted(groups.items()):
-        points = sorted(
-            (s for s in members if (s["l0"] or 0) > 0 and s["delta_loss"] is not None),
-            key=lambda s: s["l0"],  # type: ignore[arg-type, return-value]
-        )
-        if not points:
-            continue
-        l0s = [s["l0"] for s in points]
-        style = {
-            "color": colours[site],
-            "marker": SOURCE_MARKERS.get(source, _OTHER_MARKER),
-            "label": f"{site} ({source})",
-            "linestyle": "-" if source == "released" else "--",
-        }
-        axes[0].plot(l0s, [s["delta_loss"] for s in points], **style)
-        axes[1].plot(l0s, [s["fvu"] for s in points], **style)
+        by_site[sae.site].append(sae)
+    rank = {site: i for i, site in enumerate(_SITE_ORDER)}
+    return {site: by_site[site] for site in sorted(by_site, key=lambda s: (rank.get(s, len(rank)), s))}
+
+
+def _layer_name(layer: int | None) -> str:
+    return "embedding" if layer is None else f"L{layer}"
+
+
+def _one_two_five(axis: Any) -> None:
+    """Plain numbers at 1-2-5 steps on a log axis: the default minor labels overlap over a short range."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    for ax, name in zip(axes, ("Delta LM loss (nats)", "Fraction of variance unexplained"), strict=True):
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log_y(ax: Any, values: Sequence[float]) -> None:
+    """A log y axis, or symlog (linear within the smallest non-zero magnitude) when a value is <= 0:
+    delta LM losses span decades across sites, and a good SAE's can be ~0 or slightly negative."""
+    if not values:
+        return
+    if min(values) > 0:
+        ax.set_yscale("log")
+        _one_two_five(ax.yaxis)
+        return
+    nonzero = [abs(v) for v in values if v != 0]
+    ax.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1e-3)
+
+
+def _frontier_row(plt: Any, row: Sequence[Any], members: Sequence[SAEMetrics]) -> None:
+    """One site: a line per (layer, width, source), coloured by layer, styled by width, marked by
+    source; each layer's zero ablation a dotted horizontal line in the layer's colour."""
+    layers = sorted({s.layer for s in members}, key=lambda layer: -1 if layer is None else layer)
+    colours = {layer: plt.get_cmap("tab10")(i % 10) for i, layer in enumerate(layers)}
+    widths = sorted({s.d_sae for s in members if not s.is_zero_ablation})
+    styles = {w: _WIDTH_STYLES[i % len(_WIDTH_STYLES)] for i, w in enumerate(widths)}
+    lines: dict[tuple[int | None, int, str], list[SAEMetrics]] = defaultdict(list)
+    for sae in members:
+        if not sae.is_zero_ablation and (sae["l0"] or 0) > 0:
+            lines[sae.layer, sae.d_sae, sae.source].append(sae)
+    for ax, metric in zip(row, _FRONTIER_METRICS, strict=True):
+        drawn: list[float] = []
+        for (layer, d_sae, source), line in sorted(lines.items(), key=lambda kv: (str(kv[0][0]), kv[0][1:])):
+            points = sorted((s for s in line if s[metric] is not None), key=lambda s: float(s["l0"] or 0))
+            ys = [float(s[metric] or 0) for s in points]
+            ax.plot(
+                [s["l0"] for s in points], ys, color=colours[layer], linestyle=styles[d_sae],
+                marker=SOURCE_MARKERS.get(source, _OTHER_MARKER),
+                label=f"{_layer_name(layer)} {width_label(d_sae)} ({source})",
+            )  # fmt: skip
+            drawn += ys
+        for sae in members:
+            if sae.is_zero_ablation and sae[metric] is not None:
+                value = float(sae[metric] or 0)
+                ax.axhline(
+                    value, color=colours[sae.layer], linestyle=(0, (1, 2)), linewidth=1.5,
+                    label=f"{_layer_name(sae.layer)} zero ablation",
+                )  # fmt: skip
+                drawn.append(value)
+        _log_y(ax, drawn)
         ax.set_xscale("log")
-        # Plain numbers at 1-2-5 steps: the default minor labels overlap over a short L0 range.
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        _one_two_five(ax.xaxis)
+        ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_frontier(saes: Sequence[SAEMetrics], path: Path) -> Path:
+    """:func:`frontier_figure`, saved to ``path``."""
+    return _save(frontier_figure(saes), path)
+
+
+def frontier_figure(saes: Sequence[SAEMetrics]) -> Any:
+    """The paper's Figure 2, one row per site: delta LM loss and FVU against L0, all axes logarithmic
+    (delta loss symlog when a value is <= 0), so that sites whose losses differ by decades stay
+    readable; each layer's zero-ablation baseline (a zero-L0 SAE among ``saes``) is a dotted line."""
+    plt = _pyplot()
+    rows = _site_rows(saes)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(13, 0.6 + 3.2 * len(rows)), squeeze=False)
+    for row, (site, members) in zip(axes, rows.items(), strict=True):
+        _frontier_row(plt, row, members)
+        row[0].set_ylabel(f"{site}\n{METRIC_NAMES['delta_loss']} (nats)")
+        row[1].set_ylabel(f"{site}\n{METRIC_NAMES['fvu']}")
+        # Outside the axes: with many SAEs an inside legend hides the points.
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0][0].set_title(f"Sparsity-fidelity: {METRIC_NAMES['delta_loss']} (dotted: zero ablation)")
+    axes[0][1].set_title(f"Sparsity-fidelity: {METRIC_NAMES['fvu']} (fraction of variance unexplained)")
+    for ax in axes[-1]:
         ax.set_xlabel("L0 (active latents per token)")
-        ax.set_ylabel(name)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_title("Sparsity-fidelity: delta loss")
-    axes[1].set_title("Sparsity-fidelity: FVU")
-    # Outside the axes: with many SAEs an inside legend hides the points.
-    axes[1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return _save(fig, path)
+    return fig
 
 
 #: Up to this many SAEs on one site get a legend entry each; beyond, lines are coloured by L0.

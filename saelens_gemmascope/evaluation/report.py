@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from saelens_gemmascope.evaluation.plots import plot_by_domain, plot_by_position, plot_frontier, site_label
-from saelens_gemmascope.evaluation.result import EvalResult, SAEMetrics
+from saelens_gemmascope.evaluation.result import (
+    DEAD_FLAG_FRACTION,
+    DENSE_FLAG_FRACTION,
+    METRIC_NAMES,
+    EvalResult,
+    SAEMetrics,
+)
 
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.md"
@@ -36,10 +42,32 @@ def format_number(value: Any, digits: int = 4) -> str:
 
 
 def _percent(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{100 * value:.1f}%"
 
 
-def _site_tables(saes: list[SAEMetrics]) -> list[str]:
+def _flagged(cell: str, flagged: bool) -> str:
+    """A table cell marked when its value is above a flag threshold."""
+    return f"**{cell} ⚠**" if flagged else cell
+
+
+def _latent_cells(sae: SAEMetrics) -> tuple[str, str]:
+    dead, dense = sae.metrics["dead_fraction"], sae.metrics["dense_fraction"]
+    flags = sae.latent_flags()
+    return (
+        _flagged(_percent(dead), any(f.startswith("dead") for f in flags)),
+        _flagged(_percent(dense), any(f.startswith("dense") for f in flags)),
+    )
+
+
+def _column_names(dense_threshold: float) -> list[str]:
+    names = dict(METRIC_NAMES)
+    names["dense_fraction"] += f" (>{100 * dense_threshold:g}% of tokens)"
+    return list(names.values())
+
+
+def _site_tables(saes: list[SAEMetrics], dense_threshold: float) -> list[str]:
     by_site: dict[str, list[SAEMetrics]] = defaultdict(list)
     for sae in saes:
         by_site[sae.site if sae.layer is None else f"{sae.site}, layer {sae.layer}"].append(sae)
@@ -48,18 +76,48 @@ def _site_tables(saes: list[SAEMetrics]) -> list[str]:
         lines += [
             f"### {site}",
             "",
-            "| SAE | source | width | L0 | delta loss | FVU | KL | dead | dense (>10%) |",
+            "| SAE | source | width | " + " | ".join(_column_names(dense_threshold)) + " |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for sae in sorted(members, key=lambda s: (s.d_sae, s["l0"] or 0)):
             m = sae.metrics
+            dead, dense = _latent_cells(sae)
             lines.append(
                 f"| {sae.label} | {sae.source} | {site_label(sae).split()[-1]} | {format_number(m['l0'])} | "
                 f"{format_number(m['delta_loss'])} | {format_number(m['fvu'])} | {format_number(m['kl'])} | "
-                f"{_percent(m['dead_fraction'])} | {_percent(m['dense_fraction'])} |"
+                f"{dead} | {dense} |"
             )
         lines.append("")
     return lines
+
+
+def _flag_section(saes: list[SAEMetrics], dense_threshold: float) -> list[str]:
+    """Every SAE with too many dead or dense latents, named with its figures (⚠ in the tables)."""
+    flagged = [(sae, sae.latent_flags()) for sae in saes]
+    flagged = [(sae, flags) for sae, flags in flagged if flags]
+    rule = (
+        f"more than {100 * DEAD_FLAG_FRACTION:g}% of latents dead, or more than "
+        f"{100 * DENSE_FLAG_FRACTION:g}% dense (firing on over {100 * dense_threshold:g}% of tokens)"
+    )
+    if not flagged:
+        return ["## Latent flags", "", f"No SAE has {rule}.", ""]
+    lines = ["## ⚠ Latent flags", "", f"{len(flagged)} of {len(saes)} SAEs have {rule}:", ""]
+    lines += [f"- **{sae.label}**: {'; '.join(flags)}" for sae, flags in flagged]
+    return [*lines, ""]
+
+
+def _data_line(s: dict[str, Any]) -> str:
+    """The evaluation data, with how many sequences are distinct (flagged when some repeat)."""
+    n, distinct = s["n_sequences"], s.get("n_distinct_sequences")
+    line = f"Model `{s['model']}`; dataset {s['dataset']}; {n} sequences"
+    if distinct is not None:
+        line += f" ({distinct} distinct)" if distinct == n else f" (**⚠ only {distinct} distinct**)"
+    return line + f" x {s['context_size']} tokens (seed {s['seed']})."
+
+
+def _capitalised(name: str) -> str:
+    """The first letter upper case, the rest as given (``str.capitalize`` would turn LM into lm)."""
+    return name[:1].upper() + name[1:]
 
 
 def _domain_table(saes: list[SAEMetrics]) -> list[str]:
@@ -67,7 +125,7 @@ def _domain_table(saes: list[SAEMetrics]) -> list[str]:
     if not domains:
         return []
     lines = [
-        "## Delta loss per domain",
+        f"## {_capitalised(METRIC_NAMES['delta_loss'])} per domain",
         "",
         "| domain | " + " | ".join(s.label for s in saes) + " |",
         "|---|" + "---:|" * len(saes),
@@ -80,18 +138,20 @@ def _domain_table(saes: list[SAEMetrics]) -> list[str]:
 
 def render_report(result: EvalResult, plots: dict[str, Path]) -> str:
     s = result.settings
+    dense_threshold = float(s.get("dense_threshold", 0.1))
     lines = [
         "# SAE evaluation",
         "",
-        f"Model `{s['model']}`; dataset {s['dataset']}; {s['n_sequences']} sequences x "
-        f"{s['context_size']} tokens (seed {s['seed']}).",
+        _data_line(s),
         "",
         f"Masking: activations {s['masking']['activations']}; loss {s['masking']['loss']}.",
-        "Delta loss is the spliced minus the clean next-token cross-entropy (nats); FVU is "
-        "E‖x - x̂‖² / E‖x - E x‖²; KL is KL(clean ‖ spliced); dead latents never fired on the "
-        "counted tokens, dense ones fired on more than 10% of them.",
+        "Delta LM loss is the spliced minus the clean next-token cross-entropy (nats); FVU, the "
+        "fraction of variance unexplained, is E‖x - x̂‖² / E‖x - E x‖² (explained variance = 1 - FVU); "
+        "KL is KL(clean ‖ spliced); dead latents never fired on the counted tokens, dense ones fired "
+        f"on more than {100 * dense_threshold:g}% of them. L0 is measured here, on these tokens.",
         "",
-        *_site_tables(result.saes),
+        *_flag_section(result.saes, dense_threshold),
+        *_site_tables(result.saes, dense_threshold),
         *_domain_table(result.saes),
         "## Plots",
         "",

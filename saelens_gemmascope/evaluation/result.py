@@ -21,6 +21,22 @@ SCALAR_METRICS = (
     "n_loss_tokens",
 )
 
+#: One name per metric, used by the report, the plots and the demo's summary (``metrics.json`` keeps
+#: the keys). FVU is the fraction of variance unexplained; explained variance is 1 - FVU.
+METRIC_NAMES = {
+    "l0": "L0",
+    "delta_loss": "delta LM loss",
+    "fvu": "FVU",
+    "kl": "KL",
+    "dead_fraction": "dead latents",
+    "dense_fraction": "dense latents",
+}
+
+#: Flagged in the report and the summary: more than this fraction of latents never fired ...
+DEAD_FLAG_FRACTION = 0.10
+#: ... or more than this fraction fired on over ``dense_threshold`` (10%) of the tokens.
+DENSE_FLAG_FRACTION = 0.01
+
 Number = float | int | None
 
 
@@ -46,6 +62,28 @@ class SAEMetrics:
 
     def __getitem__(self, name: str) -> Number:
         return self.metrics[name]
+
+    @property
+    def is_zero_ablation(self) -> bool:
+        """A baseline whose reconstruction is always zero (no latent ever fires)."""
+        return self.source == "baseline" or self.metrics.get("l0") == 0
+
+    def latent_flags(self) -> list[str]:
+        """Why this SAE's latents need a look: too many dead or dense ones (none for a zero ablation)."""
+        if self.is_zero_ablation:
+            return []
+        return latent_flags(self.metrics.get("dead_fraction"), self.metrics.get("dense_fraction"))
+
+
+def latent_flags(dead_fraction: Number, dense_fraction: Number) -> list[str]:
+    """``["dead 14.0% > 10%", ...]`` for the fractions above :data:`DEAD_FLAG_FRACTION` /
+    :data:`DENSE_FLAG_FRACTION`; empty when neither is (or neither was measured)."""
+    flags = []
+    if dead_fraction is not None and dead_fraction > DEAD_FLAG_FRACTION:
+        flags.append(f"dead {100 * dead_fraction:.1f}% > {100 * DEAD_FLAG_FRACTION:g}%")
+    if dense_fraction is not None and dense_fraction > DENSE_FLAG_FRACTION:
+        flags.append(f"dense {100 * dense_fraction:.1f}% > {100 * DENSE_FLAG_FRACTION:g}%")
+    return flags
 
 
 @dataclass

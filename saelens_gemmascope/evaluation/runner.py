@@ -12,19 +12,19 @@ them.
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from saelens_gemmascope.evaluation.data import (
     EvalTokens,
     check_tokens_fit,
-    default_dataset,
+    default_eval_tokens,
+    distinct_sequences,
     eval_tokens,
     load_named_dataset,
 )
@@ -96,10 +96,9 @@ def _resolve_tokens(
         return dataset
     if isinstance(dataset, torch.Tensor):
         return EvalTokens(tokens=dataset.long(), domains=None, description="token tensor")
-    description = "embedded default (held-out Python documentation)"
     if dataset is None:
-        dataset = default_dataset(model.tokenizer, n_sequences, context_size)
-    elif isinstance(dataset, str):
+        return default_eval_tokens(model.tokenizer, n_sequences, context_size, seed)
+    if isinstance(dataset, str):
         description = dataset
         dataset = load_named_dataset(dataset)
     else:
@@ -163,6 +162,18 @@ def _finish(tracked: _Tracked) -> SAEMetrics:
     )
 
 
+def _reported(starts: range, shape: torch.Size, label: str, show: bool) -> Iterator[int]:
+    """``starts`` (batch starts), reporting the tokens each finished batch evaluated to the
+    progress display (see :mod:`saelens_gemmascope.training.progress`)."""
+    from saelens_gemmascope.training.progress import progress_task
+
+    n_rows, row_tokens = int(shape[0]), int(shape[1])
+    with progress_task(label, n_rows * row_tokens, show=show) as task:
+        for start in starts:
+            yield start
+            task.advance(min(starts.step, n_rows - start) * row_tokens)
+
+
 @torch.no_grad()
 def evaluate_saes(
     saes: Sequence[SAESpec],
@@ -210,7 +221,7 @@ def evaluate_saes(
     special = SpecialTokens.of(model.tokenizer)
     needed = sorted(set().union(*(entry.plan.cache_hooks for entry in tracked)))
     starts = range(0, len(data.tokens), batch_size)
-    for start in tqdm(starts, desc="evaluating", disable=not progress):
+    for start in _reported(starts, data.tokens.shape, f"evaluating {len(tracked)} SAEs", progress):
         tokens = data.tokens[start : start + batch_size].to(model_device)
         act_mask = activation_mask(tokens, special)
         loss_keep = loss_mask(tokens, special)
@@ -233,6 +244,7 @@ def evaluate_saes(
         "model": str(model.cfg.model_name),
         "dataset": data.description,
         "n_sequences": len(data.tokens),
+        "n_distinct_sequences": distinct_sequences(data.tokens, data.description),
         "context_size": int(data.tokens.shape[1]),
         "n_tokens_total": int(data.tokens.numel()),
         "batch_size": batch_size,

@@ -25,7 +25,7 @@ import torch
 from saelens_gemmascope.models.attach import gemma2_spec_of
 from saelens_gemmascope.models.spec import HookPoint
 
-#: Plain SAE sites, in the order a hook shared by two sites is claimed (mlp before transcoder_out).
+#: Plain SAE sites (transcoders are located by both their hooks).
 _SAE_SITES = ("res", "mlp", "att", "embedding")
 
 
@@ -79,11 +79,10 @@ def plan_splice(model: Any, sae: Any) -> SplicePlan:
         site, layer, d_in = matches[0].site, matches[0].layer, matches[0].d_in
         write = hook_in
     else:
-        ins = sites_at(hook_in, ("transcoder_in",))
-        outs = sites_at(hook_out, ("transcoder_out",))
-        if not ins or not outs or ins[0].layer != outs[0].layer:
+        ins = [hp for hp in sites_at(hook_in, ("transcoder",)) if hp.output and hp.output.tl_hook == hook_out]
+        if not ins:
             raise ValueError(
-                f"a transcoder must read transcoder_in and write transcoder_out of one layer; got "
+                f"a transcoder must read and write the transcoder site of one layer; got "
                 f"{hook_in!r} -> {hook_out!r}"
             )
         site, layer, d_in = "transcoder", ins[0].layer, ins[0].d_in

@@ -5,6 +5,11 @@
   ``add_sae`` too, except where it falls short (see ``_BRIDGE_OWN_HOOK_SITES``).
 * a plain Hugging Face ``Gemma2ForCausalLM``: through module forward hooks / pre-hooks.
 
+Every kind of SAE the package loads or trains splices: plain SAEs at ``res``, ``mlp``, ``att`` (in
+SAELens's ``hook_z`` reshaping mode or not) and ``embedding``, and transcoders (SAELens's
+``jumprelu_transcoder``; ``jumprelu_skip_transcoder`` with its affine skip) at ``transcoder``, which
+read the MLP input and replace the MLP output.
+
 Sites come from :func:`saelens_gemmascope.models.gemma2.gemma2_sites`, sized by the model's own
 config, so any Gemma 2 (real, random or tiny) works without a registry lookup.
 """
@@ -75,12 +80,19 @@ def gemma2_spec_of(model: Any) -> ModelSpec:
 # -- the SAE applied to one site's tensor ---------------------------------------------------------
 
 
+def is_transcoder(sae: SAE[Any]) -> bool:
+    """A transcoder (or skip transcoder): it reads one hook and writes another."""
+    from sae_lens.saes.transcoder import Transcoder
+
+    return isinstance(sae, Transcoder) or sae.cfg.metadata.hook_name_out is not None
+
+
 def _reconstruct(sae: SAE[Any], x: torch.Tensor, use_error_term: bool) -> torch.Tensor:
     # SAELens's own splice wrapper (what add_sae installs), so the error term means the same here
     # as there: computed from a hook-free pass, so edits made through the SAE's hooks still show.
-    from sae_lens.analysis.hooked_sae_transformer import _SAEWrapper
+    from saelens_gemmascope.models.splice_wrapper import splice_wrapper
 
-    return _SAEWrapper(sae, use_error_term=use_error_term)(x).to(x.dtype)
+    return splice_wrapper(sae, use_error_term)(x).to(x.dtype)
 
 
 def _reconstruct_heads(
@@ -155,7 +167,6 @@ def hf_activations(
 
 
 def _splice_hf(hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
-    module = _module(hf_model, hp.hf_module)
     n_heads = hf_model.config.num_attention_heads
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -163,6 +174,41 @@ def _splice_hf(hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool
             return _reconstruct_heads(sae, x, n_heads, split=False, use_error_term=use_error_term)
         return _reconstruct(sae, x, use_error_term)
 
+    return _replace_hf_site(hf_model, hp, apply)
+
+
+def _splice_hf_transcoder(
+    hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool
+) -> Callable[[], None]:
+    """Read the transcoder's input at ``hp``, write its output over ``hp.output`` (same layer, later)."""
+    from saelens_gemmascope.models.splice_wrapper import splice_wrapper
+
+    assert hp.output is not None
+    wrapper = splice_wrapper(sae, use_error_term)
+
+    def capture(module: Any, args: tuple[Any, ...], output: Any) -> None:
+        wrapper.capture_input(_site_tensor(hp, module, args, output))
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if wrapper._captured_input is None:
+            raise RuntimeError(f"the transcoder's input ({hp.hf_module}) did not run before its output")
+        return wrapper(x).to(x.dtype)
+
+    read = _module(hf_model, hp.hf_module).register_forward_hook(capture)
+    remove_write = _replace_hf_site(hf_model, hp.output, apply)
+
+    def remove() -> None:
+        read.remove()
+        remove_write()
+
+    return remove
+
+
+def _replace_hf_site(
+    hf_model: Any, hp: HookPoint, apply: Callable[[torch.Tensor], torch.Tensor]
+) -> Callable[[], None]:
+    """Hook ``hp``'s module so that the site's tensor becomes ``apply(tensor)``; returns the remover."""
+    module = _module(hf_model, hp.hf_module)
     if hp.hf_transform == "rms_normalize":
         # Replace the gain-free normalised tensor, then apply the module's own (1 + w) gain, as
         # TransformerLens does after its hook_normalized.
@@ -189,16 +235,36 @@ def _splice_hf(hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool
 # -- TransformerLens ------------------------------------------------------------------------------
 
 
-def _claim_hook_name(sae: SAE[Any], hp: HookPoint, accepted: set[str]) -> None:
-    """SAELens attaches by ``sae.cfg.metadata.hook_name``: check it names this site, or set it."""
-    current = sae.cfg.metadata.hook_name
+def _claim_hook_name(sae: SAE[Any], field: str, hp: HookPoint, accepted: set[str], site: str) -> None:
+    """SAELens attaches by ``cfg.metadata.hook_name`` (and ``hook_name_out``): check that ``field``
+    names ``hp``, or set it."""
+    current = getattr(sae.cfg.metadata, field)
     if current is None:
-        sae.cfg.metadata.hook_name = hp.tl_hook
+        setattr(sae.cfg.metadata, field, hp.tl_hook)
     elif current not in accepted:
+        verb = "writes" if field == "hook_name_out" else "reads"
         raise ValueError(
-            f"The SAE reads {current!r} (cfg.metadata.hook_name) but site {hp.site!r} at layer "
-            f"{hp.layer} is {hp.tl_hook!r}"
+            f"The SAE {verb} {current!r} (cfg.metadata.{field}) but site {site!r} at layer "
+            f"{hp.layer} {verb} {hp.tl_hook!r}"
         )
+
+
+def _require_added(model: Any, input_hook: str) -> None:
+    # add_sae skips an SAE whose hook it cannot find with only a log warning.
+    if input_hook not in model.acts_to_saes:
+        raise RuntimeError(f"SAELens's add_sae did not attach the SAE at {input_hook!r}")
+
+
+def _add_sae(model: Any, sae: SAE[Any], use_error_term: bool) -> Callable[[], None]:
+    """SAELens's own ``add_sae``, completed for skip transcoders; returns the remover."""
+    from saelens_gemmascope.models.splice_wrapper import complete_installed_wrapper, is_skip_transcoder
+
+    name = sae.cfg.metadata.hook_name
+    model.add_sae(sae, use_error_term=use_error_term)
+    _require_added(model, name)
+    if is_skip_transcoder(sae):
+        complete_installed_wrapper(model, name)
+    return lambda: model.reset_saes([name])
 
 
 def _splice_hooked(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
@@ -206,22 +272,35 @@ def _splice_hooked(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: boo
 
     if not isinstance(model, HookedSAETransformer):
         raise TypeError("Attach SAEs to a sae_lens.HookedSAETransformer, not a plain HookedTransformer")
-    if hp.site == "att" and not getattr(sae, "hook_z_reshaping_mode", False):
-        raise ValueError(
-            "An attention SAE on a HookedSAETransformer needs cfg.reshape_activations='hook_z' "
-            "(SAELens's loaders set it); hook_z has shape (batch, pos, head, d_head)"
-        )
-    model.add_sae(sae, use_error_term=use_error_term)
-    return lambda: model.reset_saes([hp.tl_hook])
+    # hook_z is (batch, pos, head, d_head): an att SAE saved with reshape_activations='none' (a
+    # training save, an older export) is switched to SAELens's hook_z mode while attached.
+    switch_hook_z = hp.site == "att" and not getattr(sae, "hook_z_reshaping_mode", False)
+    if switch_hook_z:
+        sae.turn_on_forward_pass_hook_z_reshaping()
+    try:
+        remove = _add_sae(model, sae, use_error_term)
+    except BaseException:
+        if switch_hook_z:
+            sae.turn_off_forward_pass_hook_z_reshaping()
+        raise
+    if not switch_hook_z:
+        return remove
+
+    def remove_and_restore() -> None:
+        remove()
+        sae.turn_off_forward_pass_hook_z_reshaping()
+
+    return remove_and_restore
 
 
 #: Sites where SAETransformerBridge.add_sae falls short in sae-lens 6.54 / TransformerLens 3.9,
 #: which get a plain permanent bridge hook instead:
 #: ``embedding``: ``hook_embed`` is a list-valued alias it cannot resolve, so it skips the SAE with
 #: only a log warning;
-#: ``transcoder_in``: its wrapper replaces ``ln2.hook_normalized``, which the bridge's RMSNorm then
-#: fails on (it reads the hook point's ``bwd_hooks``).
-_BRIDGE_OWN_HOOK_SITES = frozenset({"embedding", "transcoder_in"})
+#: ``transcoder`` (a plain SAE there): its wrapper replaces ``ln2.hook_normalized``, which the
+#: bridge's RMSNorm then fails on (it reads the hook point's ``bwd_hooks``). A transcoder is fine:
+#: add_sae only adds a capturing hook there and replaces the MLP output.
+_BRIDGE_OWN_HOOK_SITES = frozenset({"embedding", "transcoder"})
 
 
 def _splice_bridge(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool) -> Callable[[], None]:
@@ -232,10 +311,8 @@ def _splice_bridge(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: boo
             "Attach SAEs to an SAETransformerBridge (see saelens_gemmascope.models.bridge."
             "transformer_bridge_from_hf), not a plain TransformerBridge"
         )
-    if hp.site not in _BRIDGE_OWN_HOOK_SITES:
-        name = sae.cfg.metadata.hook_name
-        model.add_sae(sae, use_error_term=use_error_term)
-        return lambda: model.reset_saes([name])
+    if hp.site not in _BRIDGE_OWN_HOOK_SITES or is_transcoder(sae):
+        return _add_sae(model, sae, use_error_term)
     hook = model.hook_dict[hp.bridge_hook]
 
     def splice(x: torch.Tensor, hook: Any) -> torch.Tensor:
@@ -278,6 +355,31 @@ class SAEHandle:
 
 
 _SPLICERS = {"hooked": _splice_hooked, "bridge": _splice_bridge, "hf": _splice_hf}
+# SAELens's add_sae handles transcoders on both TransformerLens models; HF needs its own hooks.
+_TRANSCODER_SPLICERS = {"hooked": _splice_hooked, "bridge": _splice_bridge, "hf": _splice_hf_transcoder}
+
+
+def _check_width(sae: SAE[Any], field: str, hp: HookPoint, site: str) -> None:
+    width = getattr(sae.cfg, field)
+    if width != hp.d_in:
+        raise ValueError(f"The SAE has {field}={width} but site {site!r} of this model has width {hp.d_in}")
+
+
+def _names(hp: HookPoint, kind: ModelKind) -> set[str]:
+    # A HookedSAETransformer only knows TL names; the bridge and the HF path accept either.
+    return {hp.tl_hook} if kind == "hooked" else {hp.tl_hook, hp.bridge_hook}
+
+
+def _prepare_transcoder(sae: SAE[Any], hp: HookPoint, kind: ModelKind, site: str) -> None:
+    if hp.output is None:
+        raise ValueError(
+            f"{type(sae).__name__} is a transcoder (it reads the MLP input and writes the MLP output): "
+            f"attach it at site 'transcoder', not {site!r}"
+        )
+    _check_width(sae, "d_in", hp, site)
+    _check_width(sae, "d_out", hp.output, site)
+    _claim_hook_name(sae, "hook_name", hp, _names(hp, kind), site)
+    _claim_hook_name(sae, "hook_name_out", hp.output, _names(hp.output, kind), site)
 
 
 def attach_sae(
@@ -286,19 +388,21 @@ def attach_sae(
     """Make ``model`` use ``sae``'s reconstruction at ``site`` (and ``layer``) in every forward pass.
 
     ``model`` is a ``HookedSAETransformer``, an ``SAETransformerBridge`` or a Hugging Face
-    ``Gemma2ForCausalLM``. ``use_error_term=True`` adds back the SAE's error, so the output is
-    unchanged while the SAE's hooks still fire. If ``sae.cfg.metadata.hook_name`` is unset it is set
-    to the site's TransformerLens hook name (SAELens attaches by that name); if set, it must match.
+    ``Gemma2ForCausalLM``. ``sae`` is any SAE the package loads or trains; a transcoder (SAELens's
+    ``Transcoder`` classes, skip transcoders included) goes at site ``transcoder``, where it reads
+    the MLP input (``hook_point(...).tl_hook``) and replaces the MLP output (``.output``).
+    ``use_error_term=True`` adds back the SAE's error, so the output is unchanged while the SAE's
+    hooks still fire. If ``sae.cfg.metadata.hook_name`` (a transcoder's ``hook_name_out`` too) is
+    unset it is set to the site's TransformerLens hook name (SAELens attaches by that name); if set,
+    it must match.
     """
     hp = gemma2_spec_of(model).hook_point(site, layer)
-    if sae.cfg.d_in != hp.d_in:
-        raise ValueError(
-            f"The SAE has d_in={sae.cfg.d_in} but site {site!r} of this model has d_in={hp.d_in}"
-        )
-    if sae.cfg.metadata.hook_name_out is not None:
-        raise ValueError("attach_sae splices SAEs; attach a transcoder with SAELens's add_sae")
     kind = model_kind(model)
-    # A HookedSAETransformer only knows TL names; the bridge and the HF path accept either.
-    _claim_hook_name(sae, hp, {hp.tl_hook} if kind == "hooked" else {hp.tl_hook, hp.bridge_hook})
-    remove = _SPLICERS[kind](model, sae, hp, use_error_term)
+    if is_transcoder(sae):
+        _prepare_transcoder(sae, hp, kind, site)
+        remove = _TRANSCODER_SPLICERS[kind](model, sae, hp, use_error_term)
+    else:
+        _check_width(sae, "d_in", hp, site)
+        _claim_hook_name(sae, "hook_name", hp, _names(hp, kind), site)
+        remove = _SPLICERS[kind](model, sae, hp, use_error_term)
     return SAEHandle(model=model, sae=sae, hook_point=hp, _remove=remove)

@@ -34,6 +34,8 @@ def gemma2_sites(dims: Gemma2Dims) -> dict[str, SiteSpec]:
     Every name below was checked against TransformerLens 3.9 (``HookedTransformer`` and
     ``TransformerBridge``) and transformers 5 on the tiny model (tests/models/test_sites.py).
     Bridge names are the bridge's canonical ones; it also accepts the TL names as aliases.
+    The site names are the suite's (``configs/gemma_scope_suite.yaml``): one vocabulary for the
+    release list, the presets, ``hook_point`` and ``attach_sae``.
     """
     d_att = dims.n_heads * dims.d_head
     sites = [
@@ -70,7 +72,7 @@ def gemma2_sites(dims: Gemma2Dims) -> dict[str, SiteSpec]:
             description="attention heads' outputs before W_O, concatenated",
         ),
         SiteSpec(
-            name="transcoder_in",
+            name="transcoder",
             # TL's ln2.hook_normalized is the pre-MLP RMSNorm *before* its (1 + w) gain. It is the
             # hook SAELens's get_gemma_2_transcoder_config_from_hf gives the Gemma Scope transcoders
             # and the one Neuronpedia and circuit-tracer run them on (circuit-tracer's HF mapping
@@ -84,16 +86,9 @@ def gemma2_sites(dims: Gemma2Dims) -> dict[str, SiteSpec]:
             hf_tensor="input",
             hf_transform="rms_normalize",
             d_in=dims.d_model,
-            description="transcoder input: pre-MLP RMSNorm output before its gain",
-        ),
-        SiteSpec(
-            name="transcoder_out",
-            tl_hook="blocks.{layer}.hook_mlp_out",
-            bridge_hook="blocks.{layer}.ln2_post.hook_out",
-            hf_module="model.layers.{layer}.post_feedforward_layernorm",
-            hf_tensor="output",
-            d_in=dims.d_model,
-            description="transcoder output: MLP output after the post-MLP RMSNorm",
+            description="transcoders: read the pre-MLP RMSNorm output before its gain, write the mlp site",
+            # A transcoder replaces the MLP: its reconstruction is written over the mlp site's tensor.
+            output_site="mlp",
         ),
         SiteSpec(
             name="embedding",

@@ -40,8 +40,11 @@ def model_spec(model: str) -> ModelSpec:
 def hook_point(model: str, site: str, layer: int | None = None) -> HookPoint:
     """Where ``site`` of ``model`` at ``layer`` reads, in TransformerLens, bridge and HF naming.
 
-    ``site`` is one of ``res``, ``mlp``, ``att``, ``transcoder_in``, ``transcoder_out``,
-    ``embedding`` (the last takes no layer). Unknown names raise :class:`UnknownNameError`
-    (a ``KeyError``) suggesting close matches; a missing or out-of-range layer raises ``ValueError``.
+    ``site`` is one of ``res``, ``mlp``, ``att``, ``transcoder``, ``embedding`` (the last takes no
+    layer): the suite's own names, as in ``gemmascope ls`` and the presets. ``transcoder`` is where a
+    transcoder reads (the MLP input); ``.output`` is where it writes (the MLP output, the ``mlp``
+    hook point). The earlier names ``transcoder_in`` / ``transcoder_out`` still work, with a
+    deprecation warning (a ``FutureWarning``). Unknown names raise :class:`UnknownNameError` (a ``KeyError``)
+    suggesting close matches; a missing or out-of-range layer raises ``ValueError``.
     """
     return model_spec(model).hook_point(site, layer)

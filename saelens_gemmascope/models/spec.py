@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -46,7 +47,9 @@ class SiteSpec:
     flattened). ``hf_module`` is a dotted path relative to the ``...ForCausalLM`` model;
     ``hf_tensor`` says whether the site is that module's input or output, and ``hf_transform``
     what to apply to it first. ``bridge_hook`` is the TransformerBridge's own (canonical) hook
-    name; the bridge also answers to ``tl_hook`` as an alias.
+    name; the bridge also answers to ``tl_hook`` as an alias. ``output_site`` names the site whose
+    tensor this site's SAEs write when that is not the one they read (transcoders read the MLP
+    input and write the ``mlp`` site's tensor); None means they write where they read.
     """
 
     name: str
@@ -58,11 +61,16 @@ class SiteSpec:
     layered: bool = True
     hf_transform: HFTransform = "none"
     description: str = ""
+    output_site: str | None = None
 
 
 @dataclass(frozen=True)
 class HookPoint:
-    """One site at one layer, resolved."""
+    """One site at one layer, resolved.
+
+    ``output`` is where the site's SAEs write, when not here: for ``transcoder``, the MLP output
+    (the ``mlp`` hook point of the same layer) that a transcoder's reconstruction replaces.
+    """
 
     model: str
     site: str
@@ -73,6 +81,14 @@ class HookPoint:
     hf_tensor: HFTensor
     d_in: int
     hf_transform: HFTransform = "none"
+    output: HookPoint | None = None
+
+
+#: Site names of earlier versions -> (the site now, whether they named its output hook point).
+DEPRECATED_SITES: dict[str, tuple[str, bool]] = {
+    "transcoder_in": ("transcoder", False),
+    "transcoder_out": ("transcoder", True),
+}
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,9 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
 
     def hook_point(self, site: str, layer: int | None = None) -> HookPoint:
+        """Where ``site`` at ``layer`` reads; ``.output`` says where it writes if elsewhere."""
+        if site not in self.sites and site in DEPRECATED_SITES:
+            return self._deprecated_hook_point(site, layer)
         if site not in self.sites:
             raise UnknownNameError(
                 unknown_name_message("site", site, self.sites, f" for model {self.name!r}")
@@ -105,6 +124,7 @@ class ModelSpec:
         elif layer is not None:
             raise ValueError(f"Site {site!r} of {self.name!r} has no layers; pass layer=None, got {layer!r}")
         fmt = {"layer": layer}
+        output = self.hook_point(spec.output_site, layer) if spec.output_site is not None else None
         return HookPoint(
             model=self.name,
             site=site,
@@ -115,4 +135,17 @@ class ModelSpec:
             hf_tensor=spec.hf_tensor,
             d_in=spec.d_in,
             hf_transform=spec.hf_transform,
+            output=output,
         )
+
+    def _deprecated_hook_point(self, site: str, layer: int | None) -> HookPoint:
+        new_site, is_output = DEPRECATED_SITES[site]
+        how = f"hook_point(..., {new_site!r}, layer)" + (".output" if is_output else "")
+        # FutureWarning, not DeprecationWarning: shown by default, as it is meant for users' scripts.
+        warnings.warn(f"Site {site!r} is deprecated: use {how}", FutureWarning, stacklevel=3)
+        point = self.hook_point(new_site, layer)
+        if is_output:
+            if point.output is None:
+                raise ValueError(f"Site {new_site!r} of {self.name!r} writes where it reads")
+            return point.output
+        return point

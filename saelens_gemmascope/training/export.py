@@ -62,6 +62,18 @@ def layer_of_hook(hook_name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def exported_reshape_activations(hook_name: str | None, reshape_activations: str) -> str:
+    """``hook_z`` for an SAE on ``attn.hook_z``, whatever it was trained with.
+
+    SAELens trains on hook_z flattened (mode ``none``), but a ``HookedSAETransformer``'s hook_z is
+    ``(batch, pos, head, d_head)``: ``hook_z`` mode is what lets ``model.add_sae`` splice the
+    exported SAE (SAELens's own loaders set it for hook_z SAEs; the bridge switches it off itself).
+    """
+    if hook_name is not None and hook_name.endswith("hook_z"):
+        return "hook_z"
+    return reshape_activations
+
+
 def sae_folder(layer: int | None, d_sae: int, average_l0: float) -> str:
     """``layer_{L}/width_{W}/average_l0_{K}`` (``embedding/...`` when ``layer`` is None)."""
     top = "embedding" if layer is None else f"layer_{layer}"
@@ -135,6 +147,7 @@ def export_gemmascope_sae(
     model_name: str | None = None,
     hook_name: str | None = None,
     sae_name: str | None = None,
+    folder_l0: float | None = None,
 ) -> ExportedSAE:
     """Write ``sae`` as ``<root>/layer_{L}/width_{W}/average_l0_{K}/params.npz`` and record it in
     ``<root>/release.json`` (an entry with the same id is replaced; ``sae_name``, the trained SAE's
@@ -143,7 +156,9 @@ def export_gemmascope_sae(
 
     Unset arguments come from the SAE's metadata: ``average_l0`` from ``metadata.l0`` (SAELens's
     mean L0 over the last sparsity window, set at the end of training), ``hook_name`` and
-    ``model_name`` from the runner, ``layer`` and ``site`` from the hook name.
+    ``model_name`` from the runner, ``layer`` and ``site`` from the hook name. ``folder_l0`` names the
+    folder (``average_l0_{round(folder_l0)}``; a suite passes the target L0) while ``average_l0``, the
+    measured one, stays in ``release.json``; default: ``average_l0``.
     """
     metadata = sae.cfg.metadata
     hook_name = hook_name or metadata.hook_name
@@ -173,7 +188,7 @@ def export_gemmascope_sae(
             raise ValueError(f"{key} has shape {tuple(params[key].shape)}, expected {shape}")
 
     root = Path(root)
-    sae_id = sae_folder(layer, d_sae, average_l0)
+    sae_id = sae_folder(layer, d_sae, average_l0 if folder_l0 is None else folder_l0)
     params_path = write_params_npz(root / sae_id / "params.npz", params)
     entry: dict[str, Any] = {
         "id": sae_id,
@@ -187,7 +202,7 @@ def export_gemmascope_sae(
         "d_sae": d_sae,
         "width": width_name(d_sae),
         "average_l0": float(average_l0),
-        "reshape_activations": sae.cfg.reshape_activations,
+        "reshape_activations": exported_reshape_activations(hook_name, sae.cfg.reshape_activations),
         "context_size": metadata.context_size,
         "prepend_bos": metadata.prepend_bos,
         "input_scale": metadata.gemmascope_input_scale,

@@ -18,12 +18,9 @@ from saelens_gemmascope.training.preset import TrainingPreset
 
 TRANSCODER = "transcoder"
 
-#: Manifest site -> the model spec's site the SAE reads (transcoders also write to transcoder_out).
-_INPUT_SITE = {"res": "res", "mlp": "mlp", "att": "att", TRANSCODER: "transcoder_in", EMBEDDING: "embedding"}
-
 TRANSCODER_NOT_BUILT = (
     "transcoder training is not built: SAELens's runners feed each SAE one hook, while a transcoder "
-    f"reads {_INPUT_SITE[TRANSCODER]} and reconstructs transcoder_out (and the recipe drops the "
+    "reads the MLP input and reconstructs the MLP output (and the recipe drops the "
     "W_enc = W_decᵀ init and the pre-encoder bias for them)"
 )
 
@@ -62,8 +59,9 @@ def preset_name(model: str, site: str, layer: int | None, width: str) -> str:
 
 
 def _hooks(spec: ModelSpec, site: str, layer: int | None) -> tuple[str, int, str | None]:
-    point = spec.hook_point(_INPUT_SITE[site], layer)
-    output = spec.hook_point("transcoder_out", layer).tl_hook if site == TRANSCODER else None
+    # The manifest's site names are the model spec's; a transcoder also writes (point.output).
+    point = spec.hook_point(site, layer)
+    output = point.output.tl_hook if point.output is not None else None
     return point.tl_hook, point.d_in, output
 
 

@@ -4,7 +4,12 @@ Each (model, site) gets its own release folder, ``<root>/release/<model>-<site>/
 (one repository per site), so that ``layer_{L}/width_{W}/average_l0_{K}`` never collides between
 sites. Embedding SAEs go to the residual release, as in Gemma Scope.
 
-Two SAEs of one layer and width whose measured L0s round to the same integer would share a folder.
+``K`` is the SAE's target L0 (``average_l0_24`` for a target of 24, whatever L0 training reached),
+so a folder's name says which rung of the ladder it holds and stays put between runs; the measured
+L0 is recorded in ``release.json`` (``average_l0``). An SAE trained with an explicit λ has no
+target and is named by its measured L0, as the release names its SAEs.
+
+Two SAEs of one layer and width whose naming L0s round to the same integer would share a folder.
 The rule, over every pass of a run and the exports already in the output folder: the first SAE
 to take a folder keeps it; a later one is not exported (it stays in SAELens format under
 ``saes/``), a warning says so and the summary records why. Each ``release.json`` entry records
@@ -96,6 +101,11 @@ def _entries_by_id(release_folder: Path) -> dict[str, dict[str, Any]]:
     return {e["id"]: e for e in read_release_manifest(release_folder)["saes"]}
 
 
+def export_folder_l0(sae: PresetSAE, measured_l0: float) -> float:
+    """The L0 an export folder is named by: the target when the SAE has one, else the measured L0."""
+    return measured_l0 if sae.target_l0 is None else float(sae.target_l0)
+
+
 def check_finite(pass_id: str, saes: Sequence[PresetSAE], trained: Mapping[str, Any], root: Path) -> None:
     """Refuses a pass with an SAE whose weights or L0 are not finite, before anything is exported."""
     bad = []
@@ -121,8 +131,8 @@ def export_pass(
     progress: Callable[[str], None] = print,
     ledger: ExportLedger | None = None,
 ) -> list[TrainedSAE]:
-    """Export every SAE of a pass (none if any is not finite); an SAE whose rounded L0 lands on a
-    folder another SAE holds (same layer and width; see :class:`ExportLedger`) is kept in SAELens
+    """Export every SAE of a pass (none if any is not finite), named by target L0 (measured L0
+    without a target; see the module docstring); an SAE whose rounded L0 lands on a folder another SAE holds (same layer and width; see :class:`ExportLedger`) is kept in SAELens
     format only. ``ledger`` carries the folders taken over a run's passes (default: this pass's)."""
     check_finite(pass_id, saes, trained, root)
     ledger = ledger or ExportLedger(root, frozenset(s.name for s in saes))
@@ -132,7 +142,8 @@ def export_pass(
         preset = sae.preset
         l0 = float(model.cfg.metadata.l0)
         target_root = release_dir(root, preset)
-        folder = sae_folder(preset.layer, int(model.cfg.d_sae), l0)
+        folder_l0 = export_folder_l0(sae, l0)
+        folder = sae_folder(preset.layer, int(model.cfg.d_sae), folder_l0)
         export_id: str | None = None
         note: str | None = None
         holder = ledger.holder(target_root, folder, sae.name)
@@ -143,6 +154,7 @@ def export_pass(
             exported = export_gemmascope_sae(
                 model, target_root, average_l0=l0, layer=preset.layer, site=preset.site,
                 model_name=preset.model_name, hook_name=preset.hook_name, sae_name=sae.name,
+                folder_l0=folder_l0,
             )  # fmt: skip
             export_id = exported.sae_id
             ledger.claim(target_root, export_id, sae.name)

@@ -44,7 +44,7 @@ from saelens_gemmascope.training.finite_guard import (
     training_stopped_message,
 )
 from saelens_gemmascope.training.input_scale import estimate_input_scale, estimate_input_scales
-from saelens_gemmascope.training.progress import step_losses, update_progress_bar
+from saelens_gemmascope.training.progress import ProgressTask, loss_note, step_losses, training_progress
 from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.training.schedules import cosine_warm_up_scheduler
 
@@ -217,7 +217,12 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             if fault is not None:
                 raise NonFiniteTrainingError(corrupt_checkpoint_message(self.last_checkpoint, [fault]))
         self.ensure_input_scale()
-        sae = super().fit()
+        # Our progress display instead of SAELens's bar, for this fit only (see training.progress).
+        with training_progress(
+            f"training SAE {self.sae_label}", self.cfg.total_training_samples, self.n_training_samples,
+            show=self.collectives is None or self.collectives.is_main,
+        ):  # fmt: skip
+            sae = super().fit()
         # Before the runner saves the SAE (SAELens's fit has folded the input scale into it).
         self.raise_if_nonfinite(weights=True)
         return sae
@@ -297,13 +302,12 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         self.checkpoint_thresholds = pending_thresholds(self.checkpoint_thresholds, self.n_training_samples)
 
     @torch.no_grad()
-    def _update_pbar(self, step_output: TrainStepOutput, pbar: Any, update_interval: int = 100) -> None:
-        # Tokens, tokens/s and ETA instead of SAELens's bare "it" count (see training.progress).
-        if self.n_training_steps % update_interval == 0:
-            update_progress_bar(
-                pbar, step=self.n_training_steps, samples_done=self.n_training_samples,
-                losses=step_losses(step_output),
-            )  # fmt: skip
+    def _update_pbar(
+        self, step_output: TrainStepOutput, pbar: ProgressTask, update_interval: int = 100
+    ) -> None:
+        # Every step reports; the display redraws by time, and reads the loss only then (a host sync).
+        step = self.n_training_steps
+        pbar.update(self.n_training_samples, note=lambda: loss_note(step, step_losses(step_output)))
 
     @torch.no_grad()
     def _record_firing(self, feature_acts: torch.Tensor) -> None:
@@ -395,7 +399,14 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
 
     def fit(self) -> dict[str, TrainingSAE[Any]]:
         self.ensure_input_scales()
-        saes = super().fit()
+        # Our progress display instead of SAELens's bar, for this fit only (see training.progress);
+        # one per job under torchrun (the main rank's).
+        label = f"training {len(self.trainers)} SAEs"
+        with training_progress(
+            label, self.cfg.total_training_samples, self.n_training_samples,
+            show=self.collectives is None or self.collectives.is_main,
+        ):  # fmt: skip
+            saes = super().fit()
         # Before the runner saves the SAEs (SAELens's fit has folded the input scales into them).
         self.raise_if_nonfinite(weights=True)
         return saes
@@ -437,12 +448,14 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
 
     @torch.no_grad()
     def _update_pbar(
-        self, step_outputs: dict[str, TrainStepOutput], pbar: Any, update_interval: int = 100
+        self, step_outputs: dict[str, TrainStepOutput], pbar: ProgressTask, update_interval: int = 100
     ) -> None:
-        # One short line for a whole ladder, counted in tokens from a resumed run's position.
-        if self.n_training_steps % update_interval == 0:
-            update_progress_bar(
-                pbar, step=self.n_training_steps, samples_done=self.n_training_samples,
-                losses={name: float(out.loss.item()) for name, out in step_outputs.items()},
-                n_saes=len(step_outputs),
-            )  # fmt: skip
+        # One short line for a whole ladder; every step reports, the display redraws by time and
+        # reads the losses only then (a host sync).
+        step = self.n_training_steps
+
+        def note() -> str:
+            losses = {name: float(out.loss.item()) for name, out in step_outputs.items()}
+            return loss_note(step, losses, n_saes=len(step_outputs))
+
+        pbar.update(self.n_training_samples, note=note)

@@ -66,7 +66,7 @@ def test_report_plots_and_json(tiny: TinyGemma2, tokens: torch.Tensor, tmp_path:
     report = (tmp_path / "report.md").read_text()
     assert "### res, layer 1" in report and "### mlp, layer 1" in report
     assert all(f"| {s.label} |" in report for s in saes)
-    assert "![frontier](frontier.png)" in report and "## Delta loss per domain" in report
+    assert "![frontier](frontier.png)" in report and "## Delta LM loss per domain" in report
 
 
 def _export(tiny: TinyGemma2, tokens: torch.Tensor, root: Path) -> None:

@@ -25,8 +25,7 @@ CASES = [
     ("mlp", 1),
     ("att", 0),
     ("att", 1),
-    ("transcoder_in", 1),
-    ("transcoder_out", 2),
+    ("transcoder", 1),  # a plain SAE on the transcoders' input
     ("embedding", None),
 ]
 KINDS = ["hooked", "bridge", "hf"]
@@ -131,18 +130,19 @@ def test_rejects_a_width_mismatch(models) -> None:
         attach_sae(models["hf"], sae, "res", 0)
 
 
-def test_att_sae_without_hook_z_mode_is_refused_by_tl_but_fine_on_hf(models, clean, tokens) -> None:
+def test_att_sae_without_hook_z_mode_splices_everywhere(models, clean, tokens) -> None:
+    """An att SAE saved with reshape_activations='none' (a training save, an older export) splices on
+    TL too: attach_sae switches SAELens's hook_z mode on while attached, and off again after."""
     d_in = SPEC.hook_point("att", 1).d_in
     eye = torch.eye(d_in)
     sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=d_in, d_sae=2 * d_in, apply_b_dec_to_input=False))
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
         sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-    with pytest.raises(ValueError, match="hook_z"):
-        attach_sae(models["hooked"], sae, "att", 1)
-    for kind in ("bridge", "hf"):
+    for kind in KINDS:
         with attach_sae(models[kind], sae, "att", 1):
             torch.testing.assert_close(logits(models[kind], tokens), clean[kind], atol=IDENTITY_ATOL, rtol=0)
+        assert not sae.hook_z_reshaping_mode
 
 
 def test_unknown_site_and_bad_layer(models) -> None:

@@ -17,7 +17,7 @@ SPECS = {spec.name: spec for spec in [*gemma2_model_specs(), tiny_gemma2_spec()]
 def test_widths_and_layer_bounds(model: str, att_width: int, d_model: int, n_layers: int) -> None:
     for name in (model, f"{model}-it"):
         assert find_hook_point(SPECS, name, "att", 0).d_in == att_width
-        for site in ("res", "mlp", "transcoder_in", "transcoder_out"):
+        for site in ("res", "mlp", "transcoder"):
             assert find_hook_point(SPECS, name, site, n_layers - 1).d_in == d_model
         assert find_hook_point(SPECS, name, "embedding").d_in == d_model
         with pytest.raises(ValueError, match=rf"0\.\.{n_layers - 1}, got {n_layers}"):
@@ -37,8 +37,11 @@ def test_resolved_names() -> None:
         "blocks.20.hook_mlp_out",
         "model.layers.20.post_feedforward_layernorm",
     )
-    tc_in = find_hook_point(SPECS, "gemma-2-2b", "transcoder_in", 3)
-    assert (tc_in.tl_hook, tc_in.hf_transform) == ("blocks.3.ln2.hook_normalized", "rms_normalize")
+    tc = find_hook_point(SPECS, "gemma-2-2b", "transcoder", 3)
+    assert (tc.tl_hook, tc.hf_transform) == ("blocks.3.ln2.hook_normalized", "rms_normalize")
+    assert tc.output == find_hook_point(SPECS, "gemma-2-2b", "mlp", 3)  # where a transcoder writes
+    assert tc.output.tl_hook == "blocks.3.hook_mlp_out"
+    assert find_hook_point(SPECS, "gemma-2-2b", "mlp", 3).output is None
     emb = find_hook_point(SPECS, "gemma-2-2b", "embedding")
     assert (emb.layer, emb.tl_hook, emb.hf_module) == (None, "hook_embed", "model.embed_tokens")
 
@@ -73,7 +76,7 @@ def test_unknown_model_suggests_close_matches() -> None:
 def test_unknown_site_suggests_close_matches() -> None:
     with pytest.raises(UnknownNameError, match="Did you mean 'att'") as err:
         find_hook_point(SPECS, "gemma-2-2b", "attn", 3)
-    assert "Known sites: att, embedding, mlp, res, transcoder_in, transcoder_out" in str(err.value)
+    assert "Known sites: att, embedding, mlp, res, transcoder" in str(err.value)
 
 
 def test_embedding_takes_no_layer() -> None:
@@ -89,3 +92,11 @@ def test_public_hook_point_uses_the_registered_plugins() -> None:
     assert model_spec("gemma-2-27b-it").n_layers == 46
     with pytest.raises(KeyError, match="Did you mean"):
         hook_point("gemma-2-2bb", "res", 0)
+
+
+def test_old_transcoder_site_names_still_work_with_a_deprecation_warning() -> None:
+    tc = find_hook_point(SPECS, "gemma-2-2b", "transcoder", 3)
+    with pytest.warns(FutureWarning, match=r"use hook_point\(\.\.\., 'transcoder', layer\)$"):
+        assert find_hook_point(SPECS, "gemma-2-2b", "transcoder_in", 3) == tc
+    with pytest.warns(FutureWarning, match=r"'transcoder', layer\)\.output"):
+        assert find_hook_point(SPECS, "gemma-2-2b", "transcoder_out", 3) == tc.output

@@ -110,18 +110,17 @@ def test_att_through_o_proj_is_the_attention_output(tiny, tokens, caches) -> Non
         torch.testing.assert_close(layer.self_attn.o_proj(hf[SPEC.hook_point("att", 3)]), attn_out[0])
 
 
-def test_transcoder_in_is_the_pre_mlp_norm_before_its_gain(tiny, tokens, caches) -> None:
+def test_transcoder_reads_the_pre_mlp_norm_before_its_gain(tiny, tokens, caches) -> None:
     hf = caches[2]
     norm = tiny.hf_model.model.layers[0].pre_feedforward_layernorm
     _, normed, _ = _module_io(tiny.hf_model, "model.layers.0.pre_feedforward_layernorm", tokens)
     gain = 1.0 + norm.weight.detach()
-    torch.testing.assert_close(hf[SPEC.hook_point("transcoder_in", 0)] * gain, normed, atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(hf[SPEC.hook_point("transcoder", 0)] * gain, normed, atol=ATOL, rtol=RTOL)
     assert (gain - 1.0).abs().max() > 0.1  # so the two conventions differ on this model
 
 
-def test_transcoder_out_is_the_mlp_site(caches) -> None:
-    hf = caches[2]
-    assert torch.equal(hf[SPEC.hook_point("transcoder_out", 1)], hf[SPEC.hook_point("mlp", 1)])
+def test_transcoder_writes_the_mlp_site() -> None:
+    assert SPEC.hook_point("transcoder", 1).output == SPEC.hook_point("mlp", 1)
 
 
 def test_embedding_includes_the_sqrt_d_model_scale(tiny, tokens, caches) -> None:

@@ -1,47 +1,17 @@
-"""What a long run shows: a progress bar in tokens with tokens/s and ETA, and wandb offline when it must."""
+"""What a long run shows: its losses, and wandb offline when it must (the progress display itself:
+tests/test_progress_and_quiet.py)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from tqdm import tqdm
 
 from saelens_gemmascope.training import wandb_logging
-from saelens_gemmascope.training.progress import step_losses, update_progress_bar
+from saelens_gemmascope.training.progress import step_losses
 from saelens_gemmascope.training.wandb_logging import choose_wandb_mode, offline_sync_hint
-
-
-def _bar(total: int) -> tuple[tqdm, io.StringIO]:
-    out = io.StringIO()
-    # As SAELens's multi-SAE trainer builds it: a total in samples (= tokens), no unit, no initial.
-    return tqdm(total=total, desc="Training Multi-SAE", file=out, mininterval=0), out
-
-
-def test_progress_bar_counts_tokens_with_rate_and_eta() -> None:
-    bar, out = _bar(1_000_000)
-    update_progress_bar(bar, step=100, samples_done=409_600, losses={"a": 0.5, "b": 0.25}, n_saes=2)
-    update_progress_bar(bar, step=200, samples_done=819_200, losses={"a": 0.4, "b": 0.2}, n_saes=2)
-    text = out.getvalue()
-    assert bar.n == 819_200 and bar.unit == "tok"
-    assert "step 200 | mean loss of 2 SAEs 0.3" in text
-    assert "819k/1.00M" in text and "tok/s" in text and "<" in text  # elapsed<remaining: the ETA
-
-
-def test_a_resumed_run_starts_the_bar_at_its_position() -> None:
-    bar, _ = _bar(1_000_000)
-    update_progress_bar(bar, step=600, samples_done=600_000, losses={"loss": 1.0})
-    # The rate is measured from the resume point on, not from 0 (no fake speed-up).
-    assert bar.initial == 600_000 and bar.n == 600_000
-
-
-def test_a_disabled_bar_is_left_alone() -> None:
-    bar = tqdm(total=1000, disable=True)
-    update_progress_bar(bar, step=100, samples_done=500, losses={"loss": 1.0})  # no AttributeError
-    assert bar.n == 0
 
 
 def test_step_losses_reads_tensors_and_callables() -> None:
