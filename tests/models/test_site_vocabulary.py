@@ -18,7 +18,8 @@ from saelens_gemmascope.models.tiny import tiny_gemma2_spec
 #: The suite's own names: every release's site, and the embedding SAEs (held in the res releases).
 SUITE_SITES = {release.site for release in load_manifest().releases.values()} | {EMBEDDING}
 PACKAGE = Path(saelens_gemmascope.__file__).parent
-README = PACKAGE.parent / "README.md"
+# The repository's README (the package may be installed elsewhere, e.g. into tox's site-packages).
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_suite_names_the_five_sites() -> None:
@@ -69,4 +70,4 @@ def test_the_old_names_appear_only_in_the_deprecation_table() -> None:
             continue
         text = path.read_text(encoding="utf-8")
         for old in DEPRECATED_SITES:
-            assert old not in text, f"{path.relative_to(PACKAGE.parent)} still says {old!r}"
+            assert old not in text, f"{path} still says {old!r}"
