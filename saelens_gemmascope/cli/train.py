@@ -377,9 +377,8 @@ def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | No
     from saelens_gemmascope.training.suite_training import group_trainers
 
     spec = plan.spec
-    joined = init_distributed(spec.distributed.mode, spec.device)
-    if joined != spec.distributed:
-        raise RuntimeError(f"torchrun's environment changed under the run: {joined} vs {spec.distributed}")
+    joined = spec.distributed
+    init_distributed(joined, spec.device)
     progress = print if joined.is_main else (lambda _message: None)
     try:
         trainers = group_trainers(spec, resume=args.resume, progress=progress)

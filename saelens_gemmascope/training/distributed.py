@@ -33,41 +33,26 @@ import torch
 import torch.distributed as dist
 
 from saelens_gemmascope.training.input_scale import MeanSquaredNormMeter
-from saelens_gemmascope.training.run_spec import DistributedMode, DistributedSpec
+from saelens_gemmascope.training.run_spec import DistributedSpec
 
 #: Seconds a collective may wait for the other ranks (``GEMMASCOPE_DIST_TIMEOUT`` overrides).
 DEFAULT_TIMEOUT_S = 600.0
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return default if value is None or value == "" else int(value)
-
-
-def in_torchrun() -> bool:
-    """Whether this process was started by torchrun (it sets RANK and WORLD_SIZE)."""
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def init_distributed(mode: DistributedMode, device: str, timeout_s: float | None = None) -> DistributedSpec:
-    """Join the process group described by torchrun's environment; NCCL on CUDA, Gloo otherwise.
+def init_distributed(spec: DistributedSpec, device: str, timeout_s: float | None = None) -> None:
+    """Join the process group of ``spec`` (read from torchrun's environment by
+    :func:`~saelens_gemmascope.training.run_spec.distributed_spec_from_env`); NCCL on CUDA, Gloo
+    otherwise.
 
     ``device`` is the run's device: ``cuda`` becomes ``cuda:<LOCAL_RANK>`` (set as the current
     device, so every ``"cuda"`` tensor of the run lands on this rank's GPU).
     """
-    if not in_torchrun():
-        raise ValueError(
-            "--distributed runs under torchrun, e.g. torchrun --nproc-per-node 8 -m saelens_gemmascope.cli "
-            "train PRESET --distributed data"
-        )
-    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
     timeout = timeout_s or float(os.environ.get("GEMMASCOPE_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     cuda = torch.device(device).type == "cuda"
     if cuda:
-        torch.cuda.set_device(_env_int("LOCAL_RANK", 0))
-    if world_size > 1 and not dist.is_initialized():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK") or 0))
+    if spec.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))
-    return DistributedSpec(mode=mode, rank=rank, world_size=world_size)
 
 
 def close_distributed() -> None:

@@ -103,7 +103,7 @@ def test_the_distributed_cli_puts_everything_on_the_run_device(
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setattr(
         "saelens_gemmascope.training.distributed.init_distributed",
-        lambda mode, device, timeout_s=None: DistributedSpec(mode, 0, 1),
+        lambda spec, device, timeout_s=None: None,
     )
     argv = ["train", TINY, "--device", "cuda", "--dtype", "bfloat16", "--l0-coefficients", "1e-3,2e-3",
             "--distributed", "data", "--output", str(tmp_path / "out")]  # fmt: skip
