@@ -67,9 +67,9 @@ def build_bench_model(name: str, device: str, dtype: torch.dtype = torch.float32
     """``tiny``: the tiny Gemma 2 (layer 1, context 128). ``gemma-2-2b-random``: gemma-2-2b's
     dimensions (GEMMA2_DIMS) with random weights, layer 12 and context 1,024, as the paper's
     residual-stream SAEs of the middle layer would see them."""
+    from saelens_gemmascope.demo.tiny_model import build_tiny_gemma2
+    from saelens_gemmascope.demo.tokenizer import build_byte_tokenizer
     from saelens_gemmascope.models.bridge import hooked_transformer_from_hf
-    from saelens_gemmascope.models.tiny import build_tiny_gemma2
-    from saelens_gemmascope.models.tokenizer import build_byte_tokenizer
 
     if name == TINY:
         tiny = build_tiny_gemma2(seed=0).tl_model.to(device, print_details=False)
@@ -81,8 +81,8 @@ def build_bench_model(name: str, device: str, dtype: torch.dtype = torch.float32
 
     from transformers import Gemma2ForCausalLM
 
+    from saelens_gemmascope.demo.tiny_model import small_gemma2_config
     from saelens_gemmascope.models.gemma2 import GEMMA2_DIMS
-    from saelens_gemmascope.models.tiny import small_gemma2_config
 
     dims = GEMMA2_DIMS["gemma-2-2b"]
     # gemma-2-2b's own position limit, sliding window and initialiser range; soft-caps as released.

@@ -19,9 +19,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _model(kind: str) -> Any:
+    from saelens_gemmascope.demo.tiny_model import build_tiny_gemma2, build_tiny_hf, tiny_gemma2_hf_config
+    from saelens_gemmascope.demo.tokenizer import build_byte_tokenizer
     from saelens_gemmascope.models.bridge import hooked_transformer_from_hf
-    from saelens_gemmascope.models.tiny import build_tiny_gemma2, build_tiny_hf, tiny_gemma2_hf_config
-    from saelens_gemmascope.models.tokenizer import build_byte_tokenizer
 
     if kind == "tiny":
         return build_tiny_gemma2().tl_model

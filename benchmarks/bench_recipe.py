@@ -49,10 +49,10 @@ from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.sae_trainer import SAETrainer
 
 import saelens_gemmascope  # noqa: F401  (registers jumprelu_gemmascope)
-from saelens_gemmascope.models.tiny import build_tiny_gemma2
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.demo.tiny_model import build_tiny_gemma2
+from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from saelens_gemmascope.recipe import GemmaScopeSAETrainer, gemmascope_sae_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
 
 HOOK = "blocks.1.hook_resid_post"
 D_IN, D_SAE, BATCH, CONTEXT = 64, 256, 256, 128

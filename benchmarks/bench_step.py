@@ -75,8 +75,8 @@ from sae_lens.saes.sae import TrainStepOutput
 from sae_lens.training.sae_trainer import SAETrainer
 
 import saelens_gemmascope  # noqa: F401  (registers jumprelu_gemmascope)
-from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.recipe import GemmaScopeSAETrainer, gemmascope_sae_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
 
 # Shared by every method so that only the implementation differs (the recipe's values but η).
 # η is tiny so that the weights, and with them L0, stay where they were set while the steps are

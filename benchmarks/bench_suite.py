@@ -58,15 +58,14 @@ from sae_lens import LoggingConfig, logger
 
 import saelens_gemmascope  # noqa: F401  (registers jumprelu_gemmascope)
 from saelens_gemmascope.data import stdlib_token_dataset
-from saelens_gemmascope.training import (
-    GemmaScopeMultiSAETrainingRunner,
-    GemmaScopeTrainingRunner,
+from saelens_gemmascope.recipe import (
     gemmascope_ladder,
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
 )
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
+from saelens_gemmascope.runners.run_spec import RunSpec
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ def main() -> None:
     import torch
     import transformers  # noqa: F401
 
-    from saelens_gemmascope.models.pretrained_tiny import DEFAULT_SETTINGS, load_pretrained_tiny_gemma2
+    from saelens_gemmascope.demo.embedded_model import DEFAULT_SETTINGS, load_embedded_model
 
     print(f"imports (once per process)    {time.perf_counter() - start:8.2f} s")
     print(f"torch threads available       {torch.get_num_threads():8d}  (os.cpu_count() = {os.cpu_count()})")
@@ -38,7 +38,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        model = load_pretrained_tiny_gemma2(args.seed, cache_dir=cache, progress=True)
+        model = load_embedded_model(args.seed, cache_dir=cache, progress=True)
         first = time.perf_counter() - start
         print(f"first build (train + save + load)  {first:8.2f} s")
         print(f"  of which tokenizer + training    {model.metrics['build_seconds']:8.2f} s")
@@ -46,7 +46,7 @@ def main() -> None:
         loads = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            load_pretrained_tiny_gemma2(args.seed, cache_dir=cache)
+            load_embedded_model(args.seed, cache_dir=cache)
             loads.append(time.perf_counter() - start)
         print(
             f"cached load (HF + TL + tokenizer)  {1e3 * statistics.median(loads):8.1f} ms median"

@@ -37,9 +37,9 @@ def main() -> None:
     import torch
     import transformers  # noqa: F401
 
+    from saelens_gemmascope.demo.tiny_model import build_tiny_gemma2, build_tiny_hf
+    from saelens_gemmascope.demo.tokenizer import build_byte_tokenizer
     from saelens_gemmascope.models.bridge import transformer_bridge_from_hf
-    from saelens_gemmascope.models.tiny import build_tiny_gemma2, build_tiny_hf
-    from saelens_gemmascope.models.tokenizer import build_byte_tokenizer
 
     print(f"imports (once per process)          {time.perf_counter() - start:8.3f} s")
 

@@ -11,8 +11,7 @@ handling, and by any API that needs the plugins) then raises the one-line error 
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from saelens_gemmascope._version import __version__
 from saelens_gemmascope.contributions import Architecture, Converter, Release
 from saelens_gemmascope.hookspecs import PROJECT_NAME, hookimpl
 from saelens_gemmascope.host import (
@@ -23,7 +22,7 @@ from saelens_gemmascope.host import (
     load_plugins,
 )
 from saelens_gemmascope.models.spec import HookPoint, ModelSpec, SiteSpec
-from saelens_gemmascope.training.preset import TrainingPreset
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 __all__ = [
     "PROJECT_NAME",
@@ -49,6 +48,13 @@ class PluginLoadWarning(UserWarning):
     """The plugins could not be loaded at import; :func:`load_plugins` raises the reason."""
 
 
+def _install_registry() -> None:
+    from saelens_gemmascope import registry
+    from saelens_gemmascope.host import register_runtime_release
+
+    registry.set_plugin_loader(load_plugins, register_runtime_release)
+
+
 def _load_at_import() -> None:
     import warnings
 
@@ -64,4 +70,5 @@ def _load_at_import() -> None:
     register_recorded_releases()
 
 
+_install_registry()
 _load_at_import()

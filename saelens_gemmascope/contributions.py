@@ -1,7 +1,7 @@
 """What a plugin can hand to the host: small frozen records, one per kind of contribution.
 
 Models (:class:`saelens_gemmascope.models.spec.ModelSpec`) and training presets
-(:class:`saelens_gemmascope.training.preset.TrainingPreset`) live next to the code that uses them.
+(:class:`saelens_gemmascope.suite.preset.TrainingPreset`) live next to the code that uses them.
 """
 
 from __future__ import annotations

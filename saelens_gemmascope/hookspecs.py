@@ -7,7 +7,7 @@ plugins is found before SAELens's registries change.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -15,7 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from saelens_gemmascope.contributions import Architecture, Release
     from saelens_gemmascope.models.spec import ModelSpec
-    from saelens_gemmascope.training.preset import TrainingPreset
+    from saelens_gemmascope.suite.preset import TrainingPreset
 
 #: One name for everything: hook markers, the entry-point group and the plugin manager.
 PROJECT_NAME = "saelens_gemmascope"
@@ -40,5 +40,9 @@ def register_pretrained_saes(register: Callable[[Release], None]) -> None:
 
 
 @hookspec
-def register_training_presets(register: Callable[[TrainingPreset], None]) -> None:
-    """Register named training presets."""
+def register_training_presets(
+    register: Callable[[TrainingPreset], None], models: Mapping[str, ModelSpec]
+) -> None:
+    """Register named training presets. ``models`` holds every model the plugins registered (the
+    host collects models first), so a preset takes its hooks and widths from the registered spec;
+    an implementation that does not need it leaves the argument out."""

@@ -16,16 +16,15 @@ from typing import Any
 import pluggy
 
 from saelens_gemmascope import hookspecs
-from saelens_gemmascope.builtin import BUILTIN_PLUGIN_MODULES
+from saelens_gemmascope.builtin import BUILTIN_PLUGINS
 from saelens_gemmascope.contributions import Architecture, Converter, Release
 from saelens_gemmascope.hookspecs import PROJECT_NAME
 from saelens_gemmascope.models.spec import ModelSpec
-from saelens_gemmascope.training.preset import TrainingPreset
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 #: Comma-separated plugin names to block; the word ``external`` blocks every entry-point plugin.
 DISABLE_ENV_VAR = "SAELENS_GEMMASCOPE_DISABLE_PLUGINS"
 ENTRY_POINT_GROUP = PROJECT_NAME
-BUILTIN_PREFIX = "gemmascope."
 
 #: hook name -> (kind, the type its ``register`` callback accepts)
 KINDS: dict[str, tuple[str, type[Any]]] = {
@@ -109,11 +108,10 @@ class PluginHost:
     # -- finding plugins -------------------------------------------------------------------------
 
     def add_builtins(self) -> None:
-        for module_name in BUILTIN_PLUGIN_MODULES:
-            name = BUILTIN_PREFIX + module_name
+        for name, module_path in BUILTIN_PLUGINS.items():
             if name in self.disabled:
                 continue
-            module = importlib.import_module(f"saelens_gemmascope.builtin.{module_name}")
+            module = importlib.import_module(module_path)
             self.add(module, PluginInfo(name=name, source="builtin", version=_own_version()))
 
     def add_entry_points(self) -> None:
@@ -176,7 +174,9 @@ class PluginHost:
                 found.hooks.setdefault(impl.plugin_name, []).append(hook_name)
                 register = self._recorder(found, kind, expected_type, impl.plugin_name)
                 try:
-                    impl.function(**{arg: register for arg in impl.argnames})
+                    impl.function(
+                        **{arg: register if arg == "register" else found.models for arg in impl.argnames}
+                    )
                 except PluginError:
                     raise
                 except Exception as err:
@@ -218,7 +218,7 @@ class PluginHost:
         found.owners[(kind, name)] = plugin_name
 
     def _check_release_converters(self, found: Registrations) -> None:
-        from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
+        from saelens_gemmascope.compat import registered_converter
 
         for name, release in found.releases.items():
             wanted = release.lookup.conversion_func or "sae_lens"
@@ -227,7 +227,7 @@ class PluginHost:
                     f"release {name!r} of {self._owner_text(found, 'releases', name)} ships converter "
                     f"{release.converter.name!r} but its conversion_func says {wanted!r}"
                 )
-            if wanted not in found.converters and wanted not in NAMED_PRETRAINED_SAE_LOADERS:
+            if wanted not in found.converters and registered_converter(wanted) is None:
                 raise PluginLoadError(
                     f"release {name!r} of {self._owner_text(found, 'releases', name)} needs converter "
                     f"{wanted!r}, which neither SAELens nor any loaded plugin provides"
@@ -246,8 +246,9 @@ def check_against_sae_lens(found: Registrations) -> None:
     Releases are the exception: serving SAELens's own release names with this package's converter
     is the point of the built-in directory plugin, so a release replaces SAELens's entry.
     """
-    from sae_lens.loading.pretrained_sae_loaders import NAMED_PRETRAINED_SAE_LOADERS
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
+
+    from saelens_gemmascope.compat import registered_converter
 
     for name, arch in found.architectures.items():
         owner = found.plugins[found.owners[("architectures", name)]].describe()
@@ -268,7 +269,7 @@ def check_against_sae_lens(found: Registrations) -> None:
                 f"(as {training[0].__module__}.{training[0].__qualname__}); choose another name"
             )
     for name, converter in found.converters.items():
-        existing_loader = NAMED_PRETRAINED_SAE_LOADERS.get(name)
+        existing_loader = registered_converter(name)
         if existing_loader is not None and existing_loader is not converter.loader:
             owner = found.plugins[found.owners[("converters", name)]].describe()
             raise PluginClashError(
@@ -280,10 +281,6 @@ def apply_to_sae_lens(found: Registrations) -> None:
     """Put the collected registrations into SAELens's registries (checked first, then applied)."""
     check_against_sae_lens(found)
 
-    from sae_lens.loading.pretrained_sae_loaders import (
-        NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
-        NAMED_PRETRAINED_SAE_LOADERS,
-    )
     from sae_lens.registry import (
         SAE_CLASS_REGISTRY,
         SAE_TRAINING_CLASS_REGISTRY,
@@ -296,17 +293,13 @@ def apply_to_sae_lens(found: Registrations) -> None:
             register_sae_class(name, arch.sae_class, arch.config_class)
         if arch.training_class is not None and name not in SAE_TRAINING_CLASS_REGISTRY:
             register_sae_training_class(name, arch.training_class, arch.training_config_class)  # type: ignore[arg-type]
-    # SAELens has no registration function for converters; its two tables are the seam.
-    for name, converter in found.converters.items():
-        NAMED_PRETRAINED_SAE_LOADERS[name] = converter.loader
-        NAMED_PRETRAINED_SAE_CONFIG_GETTERS[name] = converter.config_getter
-    if found.releases:
-        # Parsing SAELens's directory costs about a second, so only pay it when there are releases.
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from saelens_gemmascope.compat import add_release, register_converter
 
-        directory = get_pretrained_saes_directory()
-        for name, release in found.releases.items():
-            directory[name] = release.lookup
+    for name, converter in found.converters.items():
+        register_converter(name, converter.loader, converter.config_getter)
+    # Parsing SAELens's directory costs about a second, so only pay it when there are releases.
+    for name, release in found.releases.items():
+        add_release(name, release.lookup)
 
 
 # -- the process-wide state ----------------------------------------------------------------------
@@ -330,8 +323,34 @@ def load_plugins() -> Registrations:
     return _LOADED
 
 
+def register_runtime_release(release: Release, owner: str) -> None:
+    """Register one release after the plugins loaded (a local folder, a suite's export), through
+    the same clash checks: a name another plugin owns is refused; ``owner`` may re-register its own."""
+    found = load_plugins()
+    if owner not in found.plugins:
+        found.plugins[owner] = PluginInfo(name=owner, source="in-process")
+    current = found.owners.get(("releases", release.name))
+    if current is not None and current != owner:
+        raise PluginClashError(
+            f"release {release.name!r} is registered twice: by {found.plugins[current].describe()} and by "
+            f"{found.plugins[owner].describe()}"
+        )
+    single = Registrations(plugins=found.plugins)
+    single.releases[release.name] = release
+    single.owners[("releases", release.name)] = owner
+    if release.converter is not None:
+        single.converters[release.converter.name] = release.converter
+        single.owners[("converters", release.converter.name)] = owner
+    apply_to_sae_lens(single)
+    found.releases[release.name] = release
+    found.owners[("releases", release.name)] = owner
+    if release.converter is not None:
+        found.converters.setdefault(release.converter.name, release.converter)
+        found.owners.setdefault(("converters", release.converter.name), owner)
+
+
 def _own_version() -> str:
-    from saelens_gemmascope import __version__
+    from saelens_gemmascope._version import __version__
 
     return __version__
 

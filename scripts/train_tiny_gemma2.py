@@ -2,7 +2,7 @@
 
     python scripts/train_tiny_gemma2.py [--seed N] [--cache-dir DIR] [--rebuild] [--steps N]
 
-A thin wrapper over :func:`saelens_gemmascope.models.pretrained_tiny.load_pretrained_tiny_gemma2`;
+A thin wrapper over :func:`saelens_gemmascope.demo.embedded_model.load_embedded_model`;
 the same seed and settings give the same weights bit-for-bit on the same machine and torch.
 """
 
@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    from saelens_gemmascope.models.pretrained_tiny import DEFAULT_SETTINGS, load_pretrained_tiny_gemma2
+    from saelens_gemmascope.demo.embedded_model import DEFAULT_SETTINGS, load_embedded_model
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
@@ -27,9 +27,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = dataclasses.replace(DEFAULT_SETTINGS, steps=args.steps)
-    model = load_pretrained_tiny_gemma2(
-        args.seed, settings=settings, cache_dir=args.cache_dir, rebuild=args.rebuild
-    )
+    model = load_embedded_model(args.seed, settings=settings, cache_dir=args.cache_dir, rebuild=args.rebuild)
     print(f"cached in {model.directory}")
     print(json.dumps(model.metrics, indent=2, sort_keys=True))
 

@@ -26,10 +26,10 @@ from saelens_gemmascope.cli import build_parser, main
 from saelens_gemmascope.cli.train import DEFAULT_GRID_TEXT
 from saelens_gemmascope.directory import load_sae
 from saelens_gemmascope.directory.errors import MIRROR_ENV_VAR, SaeFileUnavailableError
+from saelens_gemmascope.directory.layout import export_gemmascope_sae
 from saelens_gemmascope.directory.local import local_release_name
 from saelens_gemmascope.directory.sources import hub_unreachable_reason
-from saelens_gemmascope.training.calibration import DEFAULT_GRID
-from saelens_gemmascope.training.export import export_gemmascope_sae
+from saelens_gemmascope.suite.calibration import DEFAULT_GRID
 
 RELEASE, SAE_ID = "gemma-scope-2b-pt-res", "layer_12/width_16k/average_l0_82"
 #: Well under the 30 s that five retries with back-off took.

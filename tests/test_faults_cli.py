@@ -25,8 +25,9 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 
 from saelens_gemmascope.cli import TRACEBACK_HINT, main
+from saelens_gemmascope.directory.layout import export_gemmascope_sae
 from saelens_gemmascope.host import DISABLE_ENV_VAR
-from saelens_gemmascope.training.calibration import (
+from saelens_gemmascope.suite.calibration import (
     CalibrationError,
     CalibrationRecord,
     calibrate,
@@ -34,9 +35,8 @@ from saelens_gemmascope.training.calibration import (
     record_path,
     write_record,
 )
-from saelens_gemmascope.training.export import export_gemmascope_sae
-from saelens_gemmascope.training.preset import TrainingPreset
-from saelens_gemmascope.training.preset_config import PresetSAE, match_presets
+from saelens_gemmascope.suite.configs import PresetSAE, match_presets
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 TINY = "tiny-gemma-2/res/layer_1/width_256"
 HOOK = "blocks.1.hook_resid_post"

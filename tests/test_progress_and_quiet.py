@@ -12,8 +12,17 @@ import pytest
 import torch
 from sae_lens.config import SAETrainerConfig
 
+from saelens_gemmascope.progress import (
+    ProgressDisplay,
+    format_duration,
+    progress_task,
+    saelens_bars_replaced,
+)
 from saelens_gemmascope.quiet import quiet_saelens
-from saelens_gemmascope.threads import (
+from saelens_gemmascope.recipe import gemmascope_sae_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.recipe.trainer import GemmaScopeMultiSAETrainer
+from saelens_gemmascope.suite.threads import (
     ONE_THREAD_BELOW,
     TWO_THREADS_BELOW,
     cpu_threads_for,
@@ -21,15 +30,6 @@ from saelens_gemmascope.threads import (
     threads_for_work,
     torch_threads,
 )
-from saelens_gemmascope.training import gemmascope_sae_config
-from saelens_gemmascope.training.progress import (
-    ProgressDisplay,
-    format_duration,
-    progress_task,
-    saelens_bars_replaced,
-)
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
-from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer
 
 
 class FakeClock:

@@ -14,7 +14,7 @@ from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
 
 from saelens_gemmascope.contributions import Architecture
 from saelens_gemmascope.hookspecs import hookimpl
-from saelens_gemmascope.training.sae import (
+from saelens_gemmascope.recipe.sae import (
     ARCHITECTURE_NAME,
     GemmaScopeTrainingSAE,
     GemmaScopeTrainingSAEConfig,

@@ -1,31 +1,21 @@
 """Built-in plugin: a training preset for every (model, site, layer, width) of Gemma Scope, derived
-from the suite manifest, plus CPU-sized presets for the tiny Gemma 2 models (the random test model and the embedded default)."""
+from the suite manifest and the registered Gemma 2 specs (the tiny models' presets come with them,
+from ``gemmascope.demo``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from saelens_gemmascope.hookspecs import hookimpl
-from saelens_gemmascope.models.gemma2 import gemma2_model_specs
-from saelens_gemmascope.models.pretrained_tiny import pretrained_tiny_gemma2_spec
-from saelens_gemmascope.models.tiny import tiny_gemma2_spec
-from saelens_gemmascope.training.preset import TrainingPreset
-from saelens_gemmascope.training.presets import (
-    EMBEDDED_TRAINING_STEPS,
-    EMBEDDED_WIDTHS,
-    gemmascope_presets,
-    tiny_presets,
-)
+from saelens_gemmascope.models.spec import ModelSpec
+from saelens_gemmascope.suite.catalog import gemmascope_presets
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 
 @hookimpl
-def register_training_presets(register: Callable[[TrainingPreset], None]) -> None:
-    # The specs come from the same functions the models plugin registers (calling the host here
-    # would re-enter it while it is still collecting).
-    specs = {spec.name: spec for spec in gemma2_model_specs()}
-    for preset in gemmascope_presets(specs):
-        register(preset)
-    for preset in tiny_presets(tiny_gemma2_spec()):
-        register(preset)
-    for preset in tiny_presets(pretrained_tiny_gemma2_spec(), EMBEDDED_WIDTHS, EMBEDDED_TRAINING_STEPS):
+def register_training_presets(
+    register: Callable[[TrainingPreset], None], models: Mapping[str, ModelSpec]
+) -> None:
+    # The registered specs: a plugin that registers a corrected Gemma 2 spec changes the presets too.
+    for preset in gemmascope_presets(models):
         register(preset)

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``gemmascope`` parser. Building it imports no heavy module (torch, SAELens): each
     sub-command module imports what it runs inside its handler, so ``--help`` is answered as soon as
     the package itself is imported."""
-    from saelens_gemmascope import __version__
+    from saelens_gemmascope._version import __version__
 
     parser = CommandParser(
         prog="gemmascope",

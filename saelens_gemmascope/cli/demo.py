@@ -35,11 +35,11 @@ def check_demo_model(settings: Any) -> None:
     """The demo's model must be registered and have a preset for every SAE the demo trains; checked
     before the output folder is made."""
     from saelens_gemmascope.cli import close_matches
-    from saelens_gemmascope.demo import demo_presets
+    from saelens_gemmascope.demo.embedded_model import EMBEDDED_MODEL_NAME
+    from saelens_gemmascope.demo.run import demo_presets
     from saelens_gemmascope.host import load_plugins
-    from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
 
-    models = set(load_plugins().models) | {PRETRAINED_TINY_NAME}
+    models = set(load_plugins().models) | {EMBEDDED_MODEL_NAME}
     if settings.model not in models:
         raise ValueError(
             f"--model {settings.model!r}: not a registered model.{close_matches(settings.model, models)} "
@@ -57,9 +57,9 @@ def check_demo_model(settings: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from saelens_gemmascope.demo import QUICK_SETTINGS, DemoSettings, demo_presets, run_demo
-    from saelens_gemmascope.threads import cpu_threads_for_plan
-    from saelens_gemmascope.training.suite import plan_suite
+    from saelens_gemmascope.demo.run import QUICK_SETTINGS, DemoSettings, demo_presets, run_demo
+    from saelens_gemmascope.suite.plan import plan_suite
+    from saelens_gemmascope.suite.threads import cpu_threads_for_plan
 
     settings = QUICK_SETTINGS if args.quick else DemoSettings()
     if args.model:

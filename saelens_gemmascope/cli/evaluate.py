@@ -105,7 +105,7 @@ def checked_device(device: str | None) -> str:
     """``device`` (default: cuda when available) if torch knows it and this machine has it."""
     import torch
 
-    from saelens_gemmascope.training.run_spec import check_device_available
+    from saelens_gemmascope.runners.run_spec import check_device_available
 
     if device is None:
         return _default_device()
@@ -125,10 +125,10 @@ def check_model_name(name: str | None) -> None:
     from transformer_lens.loading_from_pretrained import make_model_alias_map
 
     from saelens_gemmascope.cli import close_matches
-    from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
-    from saelens_gemmascope.models.tiny import TINY_GEMMA2_NAME
+    from saelens_gemmascope.demo.embedded_model import EMBEDDED_MODEL_NAME
+    from saelens_gemmascope.demo.tiny_model import TINY_GEMMA2_NAME
 
-    embedded = (TINY_GEMMA2_NAME, PRETRAINED_TINY_NAME)
+    embedded = (TINY_GEMMA2_NAME, EMBEDDED_MODEL_NAME)
     if name is None or name in embedded or name.lower() in make_model_alias_map():
         return
     candidates = [*embedded, *make_model_alias_map()]

@@ -128,7 +128,7 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
 
 
 def preset_rows(patterns: list[str]) -> list[dict[str, Any]]:
-    from saelens_gemmascope.training.preset_config import match_presets
+    from saelens_gemmascope.suite.configs import match_presets
 
     return [
         {
@@ -201,7 +201,7 @@ def parse_count(text: str | None) -> int | None:
 
 def parse_memory_budget(text: str | None) -> int | None:
     """``--memory-budget`` in bytes: a positive, finite size (``inf`` or ``1e999`` is refused)."""
-    from saelens_gemmascope.training.memory import parse_bytes
+    from saelens_gemmascope.suite.memory import parse_bytes
 
     if text is None:
         return None
@@ -250,8 +250,9 @@ def run_spec_from_args(args: argparse.Namespace) -> Any:
     """The run specification of a ``train`` command line."""
     from pathlib import Path
 
-    from saelens_gemmascope.training.preset_config import parse_assignments
-    from saelens_gemmascope.training.run_spec import RunSpec, distributed_spec_from_env
+    from saelens_gemmascope.distributed.spec import distributed_spec_from_env
+    from saelens_gemmascope.runners.run_spec import RunSpec
+    from saelens_gemmascope.suite.configs import parse_assignments
 
     return RunSpec.from_overrides(
         {"device": args.device, "dtype": args.dtype, **parse_assignments(args.assignments)},
@@ -267,11 +268,11 @@ def run_spec_from_args(args: argparse.Namespace) -> Any:
 def run_train(args: argparse.Namespace) -> int:
     from saelens_gemmascope.cli import check_output_folder
     from saelens_gemmascope.quiet import quiet_saelens
-    from saelens_gemmascope.threads import cpu_threads_for_plan
-    from saelens_gemmascope.training.preset_config import match_presets
-    from saelens_gemmascope.training.run_spec import check_device_available
-    from saelens_gemmascope.training.suite import run_suite
-    from saelens_gemmascope.training.suite_training import group_trainers
+    from saelens_gemmascope.runners.run_spec import check_device_available
+    from saelens_gemmascope.suite.configs import match_presets
+    from saelens_gemmascope.suite.passes import pass_training
+    from saelens_gemmascope.suite.run import run_suite
+    from saelens_gemmascope.suite.threads import cpu_threads_for_plan
 
     _checked_args(args)
     check_output_folder(args.output)
@@ -288,7 +289,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
     if spec.distributed is not None:
         return _run_distributed(args, plan, grid)
-    trainers = group_trainers(spec, cached=args.cached_activations, resume=args.resume)
+    trainers = pass_training(spec, cached=args.cached_activations, resume=args.resume)
     _load_models_first(plan, trainers)
     # SAELens's repeated warnings once each; torch's thread count for the work's size on a CPU.
     with quiet_saelens(), cpu_threads_for_plan(plan):
@@ -300,7 +301,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace, presets: Any, spec: Any) -> Any:
-    from saelens_gemmascope.training.suite import plan_suite
+    from saelens_gemmascope.suite.plan import plan_suite
 
     try:
         return plan_suite(
@@ -315,7 +316,7 @@ def _plan(args: argparse.Namespace, presets: Any, spec: Any) -> Any:
 
 def check_training_length(plan: Any) -> None:
     """Every group trains at least one batch: fewer tokens would export SAEs that never trained."""
-    from saelens_gemmascope.training.config import RECIPE_RUNNER_DEFAULTS
+    from saelens_gemmascope.recipe.config import RECIPE_RUNNER_DEFAULTS
 
     for group in plan.groups:
         key = "train_batch_size_tokens"
@@ -332,7 +333,7 @@ def check_training_data(source: str) -> None:
     (a missing or empty folder otherwise fails after plan.json is written)."""
     from pathlib import Path
 
-    from saelens_gemmascope.training.data import STDLIB_SOURCE, load_training_data
+    from saelens_gemmascope.runners.data_sources import STDLIB_SOURCE, load_training_data
 
     path = Path(source).expanduser()
     if source == STDLIB_SOURCE:
@@ -359,7 +360,7 @@ def check_training_data(source: str) -> None:
 def _load_models_first(plan: Any, trainers: Any) -> None:
     """Load every language model of the plan (and check its hook widths) before the run writes
     anything: an unavailable model is then one line with nothing left behind."""
-    from saelens_gemmascope.training.checks import check_hook_widths
+    from saelens_gemmascope.suite.checks import check_hook_widths
 
     language_model = getattr(trainers, "language_model", None)
     if language_model is None:  # trainers of another kind load their models themselves
@@ -370,18 +371,18 @@ def _load_models_first(plan: Any, trainers: Any) -> None:
 
 def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | None) -> int:
     """The same suite run as one rank of a torchrun job (the process group spans the run)."""
+    from saelens_gemmascope.distributed.collectives import close_distributed, init_distributed
     from saelens_gemmascope.quiet import quiet_saelens
-    from saelens_gemmascope.threads import cpu_threads_for_plan
-    from saelens_gemmascope.training.distributed import close_distributed, init_distributed
-    from saelens_gemmascope.training.suite import run_suite
-    from saelens_gemmascope.training.suite_training import group_trainers
+    from saelens_gemmascope.suite.passes import pass_training
+    from saelens_gemmascope.suite.run import run_suite
+    from saelens_gemmascope.suite.threads import cpu_threads_for_plan
 
     spec = plan.spec
     joined = spec.distributed
     init_distributed(joined, spec.device)
     progress = print if joined.is_main else (lambda _message: None)
     try:
-        trainers = group_trainers(spec, resume=args.resume, progress=progress)
+        trainers = pass_training(spec, resume=args.resume, progress=progress)
         with quiet_saelens(), cpu_threads_for_plan(plan):
             result = run_suite(plan, spec.output, trainers, calibration_grid=grid,
                                refine_rounds=args.refine_rounds, progress=progress)  # fmt: skip

@@ -127,8 +127,8 @@ def local_release_saes(release: str) -> list[LocalSae] | None:
     only: nothing is loaded."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
+    from saelens_gemmascope.directory.layout import read_release_manifest
     from saelens_gemmascope.directory.local import LOCAL_CONVERTER_NAME
-    from saelens_gemmascope.training.export import read_release_manifest
 
     entry = get_pretrained_saes_directory().get(release)
     if entry is None or entry.conversion_func != LOCAL_CONVERTER_NAME:
@@ -186,9 +186,9 @@ def load_sae(
     package's (tests pass one over a tiny manifest)."""
     from sae_lens import SAE
 
-    from saelens_gemmascope import load_plugins
+    from saelens_gemmascope.registry import registrations
 
-    load_plugins()  # the releases and converters; a plugin that failed at import raises here
+    registrations()  # the releases and converters; a plugin that failed at import raises here
     resolve(release, sae_id)
     loader = partial((converter or default_converter()).load, mirror=mirror)
     return SAE.from_pretrained(

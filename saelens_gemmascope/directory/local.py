@@ -28,16 +28,16 @@ from sae_lens.loading.pretrained_sae_loaders import (
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
 
 from saelens_gemmascope.directory import local_registry
-from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
-from saelens_gemmascope.training.export import (
+from saelens_gemmascope.directory.layout import (
     RELEASE_FILE,
     exported_reshape_activations,
     read_release_manifest,
 )
+from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
 
 LOCAL_CONVERTER_NAME = "gemmascope_local"
 #: A training run writes its release folders as ``<run>/release/<model>-<site>``
-#: (:mod:`saelens_gemmascope.training.suite_export`); their names start with the run's folder name.
+#: (:mod:`saelens_gemmascope.suite.export`); their names start with the run's folder name.
 SUITE_RELEASE_DIR = "release"
 
 

@@ -1,7 +1,7 @@
 """Validation of a local release's ``release.json``, at read time, with errors naming the file, the
 entry and the field.
 
-A ``release.json`` is written by :func:`saelens_gemmascope.training.export.export_gemmascope_sae`,
+A ``release.json`` is written by :func:`saelens_gemmascope.directory.layout.export_gemmascope_sae`,
 but it is a plain file the user can edit or copy, and its ``path`` fields decide which files a load
 reads: an entry that points outside its release folder (``../x``, an absolute path, a symlink out)
 or carries a string where a width belongs is refused before anything is loaded.

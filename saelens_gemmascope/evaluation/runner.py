@@ -164,8 +164,8 @@ def _finish(tracked: _Tracked) -> SAEMetrics:
 
 def _reported(starts: range, shape: torch.Size, label: str, show: bool) -> Iterator[int]:
     """``starts`` (batch starts), reporting the tokens each finished batch evaluated to the
-    progress display (see :mod:`saelens_gemmascope.training.progress`)."""
-    from saelens_gemmascope.training.progress import progress_task
+    progress display (see :mod:`saelens_gemmascope.progress`)."""
+    from saelens_gemmascope.progress import progress_task
 
     n_rows, row_tokens = int(shape[0]), int(shape[1])
     with progress_task(label, n_rows * row_tokens, show=show) as task:

@@ -54,9 +54,9 @@ def _release_name(release_or_folder: str | Path) -> str:
 def load_pretrained(release: str, sae_id: str, device: str) -> EvalSAE:
     from sae_lens import SAE
 
-    from saelens_gemmascope import load_plugins
+    from saelens_gemmascope.registry import registrations
 
-    load_plugins()  # the releases and converters; a plugin that failed at import raises here
+    registrations()  # the releases and converters; a plugin that failed at import raises here
     sae = SAE.from_pretrained(release, sae_id, device=device)
     source = "local" if _is_local_release(release) else "released"
     return EvalSAE(sae=sae, label=f"{release}/{sae_id}", source=source, release=release, sae_id=sae_id)
@@ -118,9 +118,9 @@ def expand_source(
 
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from saelens_gemmascope import load_plugins
+    from saelens_gemmascope.registry import registrations
 
-    load_plugins()  # the releases and converters; a plugin that failed at import raises here
+    registrations()  # the releases and converters; a plugin that failed at import raises here
     release = _release_name(path if path.is_dir() else str(source))
     entry = get_pretrained_saes_directory().get(release)
     if entry is None:

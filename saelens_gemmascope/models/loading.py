@@ -1,39 +1,28 @@
-"""Load the language model an evaluation runs SAEs on, as a ``sae_lens.HookedSAETransformer``."""
+"""Load the language model an evaluation or a training runs SAEs on, as a ``sae_lens.HookedSAETransformer``."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from saelens_gemmascope.models.pretrained_tiny import PRETRAINED_TINY_NAME
-from saelens_gemmascope.models.tiny import TINY_GEMMA2_NAME
+from saelens_gemmascope.models.lookup import find_model_spec
+from saelens_gemmascope.models.spec import UnknownNameError
+from saelens_gemmascope.registry import registered_models
 
 if TYPE_CHECKING:
     import torch
     from sae_lens import HookedSAETransformer
-
-    from saelens_gemmascope.models.tiny import TinyGemma2
 
 
 class ModelUnavailableError(RuntimeError):
     """The model's weights cannot be loaded here (offline and not cached, gated, unknown...)."""
 
 
-def _embedded_model(name: str) -> TinyGemma2:
-    """The random tiny test model, or the tiny model trained on real text (built once, then cached)."""
-    if name == PRETRAINED_TINY_NAME:
-        from saelens_gemmascope.models.pretrained_tiny import load_pretrained_tiny_gemma2
-
-        return load_pretrained_tiny_gemma2()
-    from saelens_gemmascope.models.tiny import build_tiny_gemma2
-
-    return build_tiny_gemma2()
-
-
 def load_language_model(
     name: str, device: str | None = None, dtype: str | torch.dtype | None = None
 ) -> HookedSAETransformer:
-    """``tiny-gemma-2`` (random, built in memory), ``tiny-gemma-2-stdlib`` (the embedded default,
-    trained on first use and cached) or a Gemma 2 model from the hub, e.g. ``gemma-2-2b``.
+    """A registered model that builds itself (its spec's ``load``: the embedded default
+    ``tiny-gemma-2-stdlib``, trained on first use and cached, or the random ``tiny-gemma-2``), or a
+    model from the hub, e.g. ``gemma-2-2b``.
 
     Hub models load with ``from_pretrained_no_processing``: Gemma Scope SAEs read the model's own,
     unprocessed activations (no LayerNorm folding, no centring), which the default
@@ -45,9 +34,12 @@ def load_language_model(
 
     dtype_ = str_to_dtype(dtype or "float32")
     device = device or "cpu"
-    if name in (TINY_GEMMA2_NAME, PRETRAINED_TINY_NAME):
-        model = _embedded_model(name).tl_model.to(device, print_details=False)
-        return model.to(dtype_, print_details=False)  # type: ignore[no-any-return]
+    try:
+        spec = find_model_spec(registered_models(), name)
+    except UnknownNameError:
+        spec = None  # any TransformerLens model name still loads from the hub
+    if spec is not None and spec.load is not None:
+        return spec.load(device, dtype_)  # type: ignore[no-any-return]
 
     from sae_lens import HookedSAETransformer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from saelens_gemmascope.models.spec import HookPoint, ModelSpec, UnknownNameError, unknown_name_message
+from saelens_gemmascope.registry import registered_models
 
 
 def find_model_spec(specs: Mapping[str, ModelSpec], model: str) -> ModelSpec:
@@ -22,14 +23,6 @@ def find_hook_point(
     specs: Mapping[str, ModelSpec], model: str, site: str, layer: int | None = None
 ) -> HookPoint:
     return find_model_spec(specs, model).hook_point(site, layer)
-
-
-def registered_models() -> dict[str, ModelSpec]:
-    """Every model registered by the loaded plugins (built-in and installed)."""
-    # Imported here: the host loads every plugin, which this module must not do at import.
-    from saelens_gemmascope.host import load_plugins
-
-    return load_plugins().models
 
 
 def model_spec(model: str) -> ModelSpec:

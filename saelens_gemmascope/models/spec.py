@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 HFTensor = Literal["input", "output"]
 #: What to apply to the HF module's tensor to get the site's tensor. ``rms_normalize`` is the
@@ -93,7 +93,12 @@ DEPRECATED_SITES: dict[str, tuple[str, bool]] = {
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model's dimensions and its site -> hook-point mapping."""
+    """A model's dimensions and its site -> hook-point mapping.
+
+    ``load`` builds the model in memory (a ``HookedSAETransformer``), given a device and a torch
+    dtype, for models that are not on the hub (the embedded default); None loads ``name`` from the
+    hub with TransformerLens (:func:`saelens_gemmascope.models.loading.load_language_model`).
+    """
 
     name: str
     hf_repo: str
@@ -106,6 +111,7 @@ class ModelSpec:
     d_vocab: int
     sites: dict[str, SiteSpec] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
+    load: Callable[[str, Any], Any] | None = field(default=None, compare=False, repr=False)
 
     def hook_point(self, site: str, layer: int | None = None) -> HookPoint:
         """Where ``site`` at ``layer`` reads; ``.output`` says where it writes if elsewhere."""

@@ -22,6 +22,7 @@ from sae_lens import SAE, JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
 from saelens_gemmascope.cli import TRACEBACK_HINT, main
+from saelens_gemmascope.directory.layout import export_gemmascope_sae, read_release_manifest
 from saelens_gemmascope.directory.local import (
     LocalReleaseClashError,
     local_release_name,
@@ -37,7 +38,6 @@ from saelens_gemmascope.directory.local_registry import (
     registry_path,
 )
 from saelens_gemmascope.directory.release_manifest import ReleaseManifestError
-from saelens_gemmascope.training.export import export_gemmascope_sae, read_release_manifest
 
 HOOK = "blocks.1.hook_resid_post"
 SAE_ID = "layer_1/width_96/average_l0_10"

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from saelens_gemmascope.cli import main as cli_main
-from saelens_gemmascope.training.resumable_stream import ResumableActivationStream
+from saelens_gemmascope.runners.activation_stream import ResumableActivationStream
 
 PRESET = "tiny-gemma-2/res/layer_1/width_256"
 LADDER = "1e-3,1e-2"

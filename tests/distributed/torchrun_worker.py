@@ -22,8 +22,8 @@ import torch
 def main() -> int:
     torch.set_num_threads(1)
     from saelens_gemmascope.cli import main as cli_main
-    from saelens_gemmascope.training.resumable_stream import ResumableActivationStream
-    from saelens_gemmascope.training.suite_training import complete_checkpoints
+    from saelens_gemmascope.runners.activation_stream import ResumableActivationStream
+    from saelens_gemmascope.suite.passes import complete_checkpoints
 
     rank = int(os.environ["RANK"])
     argv = sys.argv[1:]

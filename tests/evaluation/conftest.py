@@ -7,8 +7,8 @@ import torch
 from eval_helpers import CONTEXT, N_SEQUENCES
 
 from saelens_gemmascope.data import stdlib_token_dataset
-from saelens_gemmascope.models.tiny import TinyGemma2, build_tiny_gemma2
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from saelens_gemmascope.demo.tiny_model import TinyGemma2, build_tiny_gemma2
+from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.transcoder import JumpReLUTranscoder, JumpReLUTranscoderConfig
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 CONTEXT = 32
 N_SEQUENCES = 6

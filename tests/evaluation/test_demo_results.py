@@ -17,15 +17,15 @@ import torch
 from eval_helpers import random_sae
 
 from saelens_gemmascope.data import stdlib_token_dataset
-from saelens_gemmascope.demo import DemoRow, _write_summary, width_comparisons
+from saelens_gemmascope.demo.run import DemoRow, _write_summary, width_comparisons
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.evaluation import evaluate_saes
 from saelens_gemmascope.evaluation.data import EvalDataWarning, default_eval_tokens
 from saelens_gemmascope.evaluation.plots import frontier_figure
 from saelens_gemmascope.evaluation.report import render_report
 from saelens_gemmascope.evaluation.result import EvalResult, SAEMetrics
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.preset_config import PresetSAE, match_presets
-from saelens_gemmascope.training.suite_export import export_pass
+from saelens_gemmascope.suite.configs import PresetSAE, match_presets
+from saelens_gemmascope.suite.export import export_pass
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -181,7 +181,7 @@ def _row(site: str, d_sae: int, l0: float, fvu: float, dead: float = 0.0, dense:
 
 
 def _demo_settings() -> Any:
-    from saelens_gemmascope.demo import DemoSettings
+    from saelens_gemmascope.demo.run import DemoSettings
 
     return DemoSettings()
 
@@ -261,7 +261,7 @@ def test_targets_that_round_alike_still_never_share_a_folder(tmp_path: Path) -> 
 def test_demo_trains_wider_saes_for_proportionally_more_steps() -> None:
     import dataclasses
 
-    from saelens_gemmascope.demo import DemoSettings, demo_presets
+    from saelens_gemmascope.demo.run import DemoSettings, demo_presets
 
     settings = DemoSettings(sites=("res",), layers=(1,))
     steps = {

@@ -7,8 +7,8 @@ import pytest
 import torch
 from eval_helpers import counted, pca_sae, site_activations
 
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.evaluation import evaluate_saes
-from saelens_gemmascope.models.tiny import TinyGemma2
 
 HOOK = "blocks.2.hook_mlp_out"
 

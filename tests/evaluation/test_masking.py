@@ -8,10 +8,10 @@ import torch
 from eval_helpers import counted, pca_sae, site_activations
 from sae_lens import JumpReLUSAE
 
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from saelens_gemmascope.evaluation import evaluate_saes
 from saelens_gemmascope.evaluation.masking import SpecialTokens, activation_mask, loss_mask
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
 
 HOOK = "blocks.1.hook_resid_post"
 

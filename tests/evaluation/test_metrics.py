@@ -16,8 +16,8 @@ from eval_helpers import (
     site_activations,
 )
 
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.evaluation import evaluate_saes
-from saelens_gemmascope.models.tiny import TinyGemma2
 
 LAYER = 1
 

@@ -14,9 +14,9 @@ import torch
 from eval_helpers import counted, pca_sae, site_activations
 
 from saelens_gemmascope.cli.evaluate import add_commands
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.evaluation import EvalSAE, evaluate_saes
 from saelens_gemmascope.models.loading import ModelUnavailableError, load_language_model
-from saelens_gemmascope.models.tiny import TinyGemma2
 
 SITES = {"res": "blocks.1.hook_resid_post", "mlp": "blocks.1.hook_mlp_out"}
 THRESHOLDS = (0.05, 0.3, 0.8)
@@ -70,7 +70,7 @@ def test_report_plots_and_json(tiny: TinyGemma2, tokens: torch.Tensor, tmp_path:
 
 
 def _export(tiny: TinyGemma2, tokens: torch.Tensor, root: Path) -> None:
-    from saelens_gemmascope.training.export import export_gemmascope_sae
+    from saelens_gemmascope.directory.layout import export_gemmascope_sae
 
     for scale in (0.1, 0.5):
         export_gemmascope_sae(_fitted(tiny, tokens, SITES["res"], scale), root, average_l0=10 / scale)

@@ -362,7 +362,14 @@ def test_builtins_are_plugins_on_the_same_hooks() -> None:
         "gemmascope.models",
         "gemmascope.releases",
         "gemmascope.presets",
+        "gemmascope.demo",
     }
+    # The tiny models and their presets come from the demo plugin, not from the Gemma Scope ones.
+    owners = {
+        kind: found.owners[(kind, name)]
+        for kind, name in (("models", "tiny-gemma-2"), ("presets", "tiny-gemma-2/res/layer_0/width_256"))
+    }
+    assert set(owners.values()) == {"gemmascope.demo"}
 
 
 def test_training_preset_record_is_plain_data() -> None:

@@ -7,14 +7,14 @@ from typing import Any
 import pytest
 import torch
 
-from saelens_gemmascope.models.tiny import (
+from saelens_gemmascope.demo.tiny_model import (
     TINY_GEMMA2_NAME,
     TINY_SLIDING_WINDOW,
     TinyGemma2,
     build_tiny_gemma2,
     build_tiny_hf,
 )
-from saelens_gemmascope.models.tokenizer import BOS_ID, FIRST_BYTE_ID
+from saelens_gemmascope.demo.tokenizer import BOS_ID, FIRST_BYTE_ID
 
 #: Longer than the sliding window, so local and global layers differ.
 SEQ_LEN = 3 * TINY_SLIDING_WINDOW

@@ -7,8 +7,8 @@ import torch
 from sae_lens import JumpReLUSAE, JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 
+from saelens_gemmascope.demo.tiny_model import tiny_gemma2_spec
 from saelens_gemmascope.models.attach import attach_sae
-from saelens_gemmascope.models.tiny import tiny_gemma2_spec
 
 #: Clean logits with an exact-identity SAE spliced in: relu(x) - relu(-x) == x exactly.
 IDENTITY_ATOL = 1e-5

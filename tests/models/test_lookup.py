@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
+from saelens_gemmascope.demo.tiny_model import tiny_gemma2_spec
 from saelens_gemmascope.models.gemma2 import GEMMA2_DIMS, gemma2_model_specs
 from saelens_gemmascope.models.lookup import find_hook_point, find_model_spec
 from saelens_gemmascope.models.spec import UnknownNameError
-from saelens_gemmascope.models.tiny import tiny_gemma2_spec
 
 SPECS = {spec.name: spec for spec in [*gemma2_model_specs(), tiny_gemma2_spec()]}
 

@@ -9,11 +9,11 @@ import pytest
 
 import saelens_gemmascope
 from saelens_gemmascope.cli import build_parser
+from saelens_gemmascope.demo.tiny_model import tiny_gemma2_spec
 from saelens_gemmascope.directory.manifest import EMBEDDING, load_manifest
 from saelens_gemmascope.host import load_plugins
 from saelens_gemmascope.models import hook_point
 from saelens_gemmascope.models.spec import DEPRECATED_SITES
-from saelens_gemmascope.models.tiny import tiny_gemma2_spec
 
 #: The suite's own names: every release's site, and the embedding SAEs (held in the res releases).
 SUITE_SITES = {release.site for release in load_manifest().releases.values()} | {EMBEDDING}

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
+from saelens_gemmascope.demo.tiny_model import TINY_GEMMA2_DIMS, tiny_gemma2_spec
 from saelens_gemmascope.models.attach import hf_activations
 from saelens_gemmascope.models.spec import HookPoint
-from saelens_gemmascope.models.tiny import TINY_GEMMA2_DIMS, tiny_gemma2_spec
 
 #: fp32, same weights, differently ordered operations; activations are O(1-10).
 ATOL, RTOL = 1e-4, 1e-4

@@ -31,15 +31,15 @@ from sae_lens.saes.transcoder import (
     JumpReLUTranscoderConfig,
 )
 
+from saelens_gemmascope.demo.tiny_model import TINY_GEMMA2_DIMS, TINY_GEMMA2_NAME, tiny_gemma2_spec
 from saelens_gemmascope.directory.converter import GemmaScopeConverter
+from saelens_gemmascope.directory.layout import RELEASE_FILE, export_gemmascope_sae
 from saelens_gemmascope.directory.local import register_local_release
 from saelens_gemmascope.directory.manifest import parse_manifest
 from saelens_gemmascope.directory.npz import PARAM_KEYS
 from saelens_gemmascope.models.attach import attach_sae
 from saelens_gemmascope.models.gemma2 import gemma2_spec
 from saelens_gemmascope.models.spec import HookPoint
-from saelens_gemmascope.models.tiny import TINY_GEMMA2_DIMS, TINY_GEMMA2_NAME, tiny_gemma2_spec
-from saelens_gemmascope.training.export import RELEASE_FILE, export_gemmascope_sae
 
 #: The same fp32 model in three implementations (as tests/models/test_attach.py).
 CROSS_ATOL = 1e-4

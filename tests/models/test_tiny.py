@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from saelens_gemmascope.models.tiny import (
+from saelens_gemmascope.demo.tiny_model import (
     ATTN_SOFT_CAP,
     FINAL_LOGIT_SOFT_CAP,
     TINY_GEMMA2_DIMS,
@@ -86,8 +86,8 @@ def test_spec_matches_dims(tiny) -> None:
 
 def test_conversion_follows_the_config_not_the_tiny_defaults(tokens) -> None:
     """27B-style query scaling (query_pre_attn_scalar != d_head), 3 layers, other widths: still parity."""
+    from saelens_gemmascope.demo.tokenizer import build_byte_tokenizer
     from saelens_gemmascope.models.bridge import hooked_transformer_from_hf
-    from saelens_gemmascope.models.tokenizer import build_byte_tokenizer
 
     config = tiny_gemma2_hf_config()
     config.query_pre_attn_scalar = 40

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from saelens_gemmascope.models.tokenizer import (
+from saelens_gemmascope.demo.tokenizer import (
     BOS_ID,
     BYTE_VOCAB_SIZE,
     EOS_ID,

@@ -9,8 +9,8 @@ from typing import Any
 import datasets
 import pytest
 
+from saelens_gemmascope.demo.tiny_model import TinyGemma2, build_tiny_gemma2
 from saelens_gemmascope.host import load_plugins
-from saelens_gemmascope.models.tiny import TinyGemma2, build_tiny_gemma2
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -35,7 +35,7 @@ TRAIN_ARGS = [
 def signal_after_sae_step(signum: int, at_call: int = SIGNAL_AFTER_SAE_STEP) -> None:
     """Make this process send itself ``signum`` right after the ``at_call``-th step of one SAE
     (1-based, counted over every SAE's trainer): Python runs the handler there, mid-step."""
-    from saelens_gemmascope.training.trainer import GemmaScopeSAETrainer
+    from saelens_gemmascope.recipe.trainer import GemmaScopeSAETrainer
 
     original = GemmaScopeSAETrainer.step
     calls = [0]

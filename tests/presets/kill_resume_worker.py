@@ -2,7 +2,7 @@
 
 ``python kill_resume_worker.py ROOT MODE [--prefetch]`` trains a one-preset suite of the random
 ``tiny-gemma-2`` on the embedded text under ``ROOT``, with a stored calibration record (no probe
-runs) and :data:`N_CHECKPOINTS` checkpoints, through the same ``group_trainers``/``run_suite`` the
+runs) and :data:`N_CHECKPOINTS` checkpoints, through the same ``pass_training``/``run_suite`` the
 ``gemmascope train`` command runs. MODE is
 
 * ``full``: train to the end;
@@ -37,7 +37,7 @@ LLM_BATCH_SHAPE = (8, 128)  # the tiny presets' store_batch_size_prompts, contex
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Checkpoint folders whose last file is written (the runner's resume state goes last)."""
-    from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
+    from saelens_gemmascope.runners.activation_stream import STREAM_STATE_FILENAME
 
     return sorted(p.parent for p in (root / "checkpoints").glob(f"**/{STREAM_STATE_FILENAME}"))
 
@@ -52,11 +52,12 @@ def main() -> None:
 
     from saelens_gemmascope.host import load_plugins
     from saelens_gemmascope.models.loading import load_language_model
-    from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
-    from saelens_gemmascope.training.preset_config import match_presets
-    from saelens_gemmascope.training.run_spec import RunSpec
-    from saelens_gemmascope.training.suite import plan_suite, run_suite
-    from saelens_gemmascope.training.suite_training import group_trainers
+    from saelens_gemmascope.runners.run_spec import RunSpec
+    from saelens_gemmascope.suite.calibration import CalibrationRecord, write_record
+    from saelens_gemmascope.suite.configs import match_presets
+    from saelens_gemmascope.suite.passes import pass_training
+    from saelens_gemmascope.suite.plan import plan_suite
+    from saelens_gemmascope.suite.run import run_suite
 
     load_plugins()
     (preset,) = match_presets([PRESET])
@@ -76,7 +77,7 @@ def main() -> None:
     model.register_forward_pre_hook(count)
     runner = {"prefetch_llm_batches": True} if args.prefetch else {}
     spec = RunSpec(output=args.root, n_checkpoints=N_CHECKPOINTS, runner=runner)
-    trainers = group_trainers(spec, model=model, resume=args.mode == "resume")
+    trainers = pass_training(spec, model=model, resume=args.mode == "resume")
     # SAELens draws the SAEs' initial weights from the global generator, which torch seeds at random
     # in each process: the uninterrupted and the killed run must start from the same weights.
     torch.manual_seed(0)

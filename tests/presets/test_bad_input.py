@@ -15,19 +15,17 @@ import datasets
 import pytest
 
 from saelens_gemmascope.cli import main
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.models.spec import UnknownNameError
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training import checks
-from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
-from saelens_gemmascope.training.checks import (
-    BufferTooSmallError,
-    InputWidthError,
-    InsufficientDiskSpaceError,
-)
-from saelens_gemmascope.training.preset_config import match_presets, training_config
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import plan_suite, run_suite
-from saelens_gemmascope.training.suite_training import group_trainers
+from saelens_gemmascope.recipe.config import BufferTooSmallError
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite import checks
+from saelens_gemmascope.suite.calibration import CalibrationRecord, write_record
+from saelens_gemmascope.suite.checks import InputWidthError, InsufficientDiskSpaceError
+from saelens_gemmascope.suite.configs import match_presets, training_config
+from saelens_gemmascope.suite.passes import pass_training
+from saelens_gemmascope.suite.plan import plan_suite
+from saelens_gemmascope.suite.run import run_suite
 
 TINY_RES = "tiny-gemma-2/res/layer_1/width_256"
 
@@ -84,7 +82,7 @@ def test_a_preset_whose_width_is_wrong_for_the_loaded_model(
     (preset,) = match_presets([TINY_RES])
     wrong = dataclasses.replace(preset, d_in=48, l0_targets=(20.0,), training_tokens=20 * 256)
     write_record(tmp_path, CalibrationRecord(wrong.name, 0, [], {20.0: 3e-3}))
-    trainers = group_trainers(tmp_path, model=tiny.tl_model, dataset=token_data, progress=lambda _: None)
+    trainers = pass_training(tmp_path, model=tiny.tl_model, dataset=token_data, progress=lambda _: None)
     with pytest.raises(
         InputWidthError, match=r"blocks\.1\.hook_resid_post: activations 64 wide, SAE d_in 48"
     ):
@@ -138,7 +136,7 @@ def test_no_disk_space_for_the_activation_cache_fails_before_it_starts(
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(checks.shutil, "disk_usage", lambda _: usage._replace(free=10 * 2**20))
     root = tmp_path / "suite"
-    trainers = group_trainers(root, model=tiny.tl_model, dataset=token_data, cached=True)
+    trainers = pass_training(root, model=tiny.tl_model, dataset=token_data, cached=True)
     with pytest.raises(InsufficientDiskSpaceError) as err:
         run_suite(plan_suite(presets), root, trainers, progress=lambda _: None)
     message = str(err.value)
@@ -154,7 +152,7 @@ def test_no_disk_space_for_the_activation_cache_fails_before_it_starts(
 def test_the_disk_check_counts_only_caches_still_to_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from saelens_gemmascope.training import activation_cache
+    from saelens_gemmascope.suite import activation_cache
 
     held: dict[str, int] = {"blocks.0.hook_resid_post": 10**6, "blocks.1.hook_resid_post": 10}
     monkeypatch.setattr(activation_cache, "cached_tokens", lambda path, _context: held[path.name])
@@ -165,7 +163,7 @@ def test_the_disk_check_counts_only_caches_still_to_write(
 
 def test_checkpoint_interval_and_token_counts() -> None:
     from saelens_gemmascope.cli.train import parse_count
-    from saelens_gemmascope.training.suite_training import SuiteTrainers
+    from saelens_gemmascope.suite.passes import PassTraining
 
     assert [parse_count(t) for t in ("500M", "2B", "250k", "1_000")] == [
         500 * 10**6,
@@ -179,10 +177,8 @@ def test_checkpoint_interval_and_token_counts() -> None:
     (group,) = plan.groups
     assert group.training_tokens == 4 * 10**9
     assert (
-        SuiteTrainers(RunSpec(output=Path("x"), checkpoint_every_tokens=500 * 10**6)).checkpoints_for(group)
+        PassTraining(RunSpec(output=Path("x"), checkpoint_every_tokens=500 * 10**6)).checkpoints_for(group)
         == 7
     )
-    assert (
-        SuiteTrainers(RunSpec(output=Path("x"), checkpoint_every_tokens=10**10)).checkpoints_for(group) == 0
-    )
-    assert SuiteTrainers(RunSpec(output=Path("x"), n_checkpoints=3)).checkpoints_for(group) == 3
+    assert PassTraining(RunSpec(output=Path("x"), checkpoint_every_tokens=10**10)).checkpoints_for(group) == 0
+    assert PassTraining(RunSpec(output=Path("x"), n_checkpoints=3)).checkpoints_for(group) == 3

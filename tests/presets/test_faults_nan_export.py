@@ -33,15 +33,17 @@ import torch
 from sae_lens import SAE
 from safetensors.torch import load_file
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.export import gemmascope_params
-from saelens_gemmascope.training.finite_guard import FiniteGuard, NonFiniteTrainingError
-from saelens_gemmascope.training.preset import TrainingPreset
-from saelens_gemmascope.training.preset_config import PresetSAE, match_presets
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import PassTrainer, SuiteGroup, SuiteResult, plan_suite, run_suite
-from saelens_gemmascope.training.suite_export import export_pass
-from saelens_gemmascope.training.suite_training import complete_checkpoints, group_trainers
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.directory.layout import gemmascope_params
+from saelens_gemmascope.recipe.finite_guard import FiniteGuard, NonFiniteTrainingError
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.configs import PresetSAE, match_presets
+from saelens_gemmascope.suite.export import export_pass
+from saelens_gemmascope.suite.passes import complete_checkpoints, pass_training
+from saelens_gemmascope.suite.plan import SuiteGroup, plan_suite
+from saelens_gemmascope.suite.preset import TrainingPreset
+from saelens_gemmascope.suite.results import SuiteResult, TrainPass
+from saelens_gemmascope.suite.run import run_suite
 
 PRESET = "tiny-gemma-2/res/layer_1/width_256"
 HOOK = "blocks.1.hook_resid_post"
@@ -66,18 +68,18 @@ def _run(
     n_checkpoints: int = N_CHECKPOINTS,
     resume: bool = False,
     memory_budget: int | None = None,
-    wrap: Callable[[PassTrainer], PassTrainer] | None = None,
+    wrap: Callable[[TrainPass], TrainPass] | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> SuiteResult:
     spec = RunSpec(output=root, n_checkpoints=n_checkpoints)
     plan = plan_suite([_preset(steps)], spec, l0_coefficients=lambdas, memory_budget=memory_budget)
-    trainers = group_trainers(spec, model=tiny.tl_model, dataset=data, resume=resume)
+    trainers = pass_training(spec, model=tiny.tl_model, dataset=data, resume=resume)
 
-    def trainer_for_group(group: SuiteGroup) -> PassTrainer:
+    def training_for_group(group: SuiteGroup) -> TrainPass:
         train = trainers(group)
         return train if wrap is None else wrap(train)
 
-    return run_suite(plan, root, trainer_for_group, progress=progress)
+    return run_suite(plan, root, training_for_group, progress=progress)
 
 
 def _saved_weights(root: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -351,10 +353,10 @@ FORCED_L0 = {3e-2: 20.2, 1e-2: 31.0, 3e-3: 19.8}
 COLLISION_STEPS = 16
 
 
-def forcing_l0(l0_by_lambda: Mapping[float, float]) -> Callable[[PassTrainer], PassTrainer]:
+def forcing_l0(l0_by_lambda: Mapping[float, float]) -> Callable[[TrainPass], TrainPass]:
     """Wraps a pass trainer so that the SAEs it returns report the given L0s (as if measured)."""
 
-    def wrap(train: PassTrainer) -> PassTrainer:
+    def wrap(train: TrainPass) -> TrainPass:
         def forced(saes: Sequence[PresetSAE], tokens: int, pass_id: str | None) -> Mapping[str, Any]:
             trained = train(saes, tokens, pass_id)
             for sae in saes:

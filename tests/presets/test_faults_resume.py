@@ -31,27 +31,28 @@ from faults_resume_worker import signal_after_sae_step
 from kill_resume_worker import BATCH_TOKENS, LAMBDAS, PRESET, TARGETS
 from safetensors.torch import load_file
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
-from saelens_gemmascope.training.checkpoints import (
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.runners.activation_stream import STREAM_STATE_FILENAME
+from saelens_gemmascope.runners.checkpoints import (
     MANIFEST_FILENAME,
     ChangedSettingsError,
     InvalidCheckpointError,
     changed_settings,
     weights_only_loads,
 )
-from saelens_gemmascope.training.interrupts import InterruptWatch, StopAtStepBoundary, TrainingInterrupted
-from saelens_gemmascope.training.preset import TrainingPreset
-from saelens_gemmascope.training.preset_config import match_presets
-from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import plan_suite, run_suite
-from saelens_gemmascope.training.suite_training import (
+from saelens_gemmascope.runners.interrupts import InterruptWatch, StopAtStepBoundary, TrainingInterrupted
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.calibration import CalibrationRecord, write_record
+from saelens_gemmascope.suite.configs import match_presets
+from saelens_gemmascope.suite.passes import (
     TrainingContext,
     _resume_from,
     complete_checkpoints,
-    group_trainers,
+    pass_training,
 )
+from saelens_gemmascope.suite.plan import plan_suite
+from saelens_gemmascope.suite.preset import TrainingPreset
+from saelens_gemmascope.suite.run import run_suite
 
 WORKER = Path(__file__).with_name("faults_resume_worker.py")
 PASS = "group0_pass0"
@@ -88,7 +89,7 @@ def _train(
 ) -> None:
     write_record(root, CalibrationRecord(PRESET, 0, [], dict(LAMBDAS)))
     spec = RunSpec(output=root, n_checkpoints=2, runner=runner or {})
-    trainers = group_trainers(spec, model=tiny.tl_model, dataset=data, resume=resume, cached=cached)
+    trainers = pass_training(spec, model=tiny.tl_model, dataset=data, resume=resume, cached=cached)
     run_suite(plan_suite([_preset()]), root, trainers, progress=lambda _: None)
 
 
@@ -131,7 +132,7 @@ def _crashed_after_checkpoints(run: Run, into: Path, keep: int) -> list[Path]:
 @pytest.fixture
 def signal_mid_step() -> Iterator[Any]:
     """``signal_after_sae_step`` of the worker, in this process; the trainer is put back afterwards."""
-    from saelens_gemmascope.training.trainer import GemmaScopeSAETrainer
+    from saelens_gemmascope.recipe.trainer import GemmaScopeSAETrainer
 
     original = GemmaScopeSAETrainer.step
     yield signal_after_sae_step
@@ -391,8 +392,8 @@ def test_a_planted_pickle_in_the_trainer_state_never_runs(
     assert any(str(poisoned) in r.getMessage() for r in caplog.records)
     # A runner told to resume from it refuses it, naming the file.
     with pytest.raises(InvalidCheckpointError, match=r"trainer_state\.pt"):
-        from saelens_gemmascope.training.preset_config import PresetSAE, multi_config_for
-        from saelens_gemmascope.training.runners import GemmaScopeMultiSAETrainingRunner
+        from saelens_gemmascope.runners.training_runners import GemmaScopeMultiSAETrainingRunner
+        from saelens_gemmascope.suite.configs import PresetSAE, multi_config_for
 
         saes = [PresetSAE(_preset(), LAMBDAS[t], t) for t in TARGETS]
         cfg = multi_config_for(

@@ -28,15 +28,16 @@ from sae_lens import LoggingConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner, MultiSAETrainingRunnerConfig
 from safetensors.torch import load_file
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training import GemmaScopeMultiSAETrainingRunner
-from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
-from saelens_gemmascope.training.preset import TrainingPreset
-from saelens_gemmascope.training.preset_config import PresetSAE, match_presets, multi_config_for
-from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME, StreamPosition
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import plan_suite, run_suite
-from saelens_gemmascope.training.suite_training import group_trainers, latest_checkpoint
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.runners import GemmaScopeMultiSAETrainingRunner
+from saelens_gemmascope.runners.activation_stream import STREAM_STATE_FILENAME, StreamPosition
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.calibration import CalibrationRecord, write_record
+from saelens_gemmascope.suite.configs import PresetSAE, match_presets, multi_config_for
+from saelens_gemmascope.suite.passes import latest_checkpoint, pass_training
+from saelens_gemmascope.suite.plan import plan_suite
+from saelens_gemmascope.suite.preset import TrainingPreset
+from saelens_gemmascope.suite.run import run_suite
 
 WORKER = Path(__file__).with_name("kill_resume_worker.py")
 
@@ -130,7 +131,7 @@ def _train(
 ) -> None:
     preset = _preset()
     write_record(root, CalibrationRecord(PRESET, 0, [], dict(LAMBDAS)))
-    trainers = group_trainers(
+    trainers = pass_training(
         RunSpec(output=root, n_checkpoints=2), model=tiny.tl_model, dataset=data, resume=resume, cached=cached
     )
     run_suite(plan_suite([preset]), root, trainers, progress=lambda _: None)

@@ -9,12 +9,13 @@ from pathlib import Path
 import datasets
 import pytest
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.calibration import CalibrationRecord, write_record
-from saelens_gemmascope.training.preset_config import match_presets
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import plan_suite, run_suite
-from saelens_gemmascope.training.suite_training import group_trainers
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.calibration import CalibrationRecord, write_record
+from saelens_gemmascope.suite.configs import match_presets
+from saelens_gemmascope.suite.passes import pass_training
+from saelens_gemmascope.suite.plan import plan_suite
+from saelens_gemmascope.suite.run import run_suite
 
 
 def test_offline_wandb_and_checkpoint_interval(
@@ -35,7 +36,7 @@ def test_offline_wandb_and_checkpoint_interval(
     write_record(root, CalibrationRecord(preset.name, 0, [], {20.0: 3e-3}))
     messages: list[str] = []
     spec = RunSpec(output=root, wandb_project="gemmascope-test", checkpoint_every_tokens=10_240)
-    trainers = group_trainers(spec, model=tiny.tl_model, dataset=token_data, progress=messages.append)
+    trainers = pass_training(spec, model=tiny.tl_model, dataset=token_data, progress=messages.append)
     result = run_suite(plan_suite([preset]), root, trainers, progress=messages.append)
     assert len(result.saes) == 1
     # 30,720 tokens, one checkpoint every 10,240: two checkpoints before the end, announced.
@@ -49,8 +50,8 @@ def test_offline_wandb_and_checkpoint_interval(
 
 
 def test_resume_picks_the_newest_complete_checkpoint(tmp_path: Path) -> None:
-    from saelens_gemmascope.training.resumable_stream import STREAM_STATE_FILENAME
-    from saelens_gemmascope.training.suite_training import latest_checkpoint
+    from saelens_gemmascope.runners.activation_stream import STREAM_STATE_FILENAME
+    from saelens_gemmascope.suite.passes import latest_checkpoint
 
     def checkpoint(name: str, *files: str) -> Path:
         path = tmp_path / "ours" / "run" / name

@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from saelens_gemmascope.training.calibration import (
+from saelens_gemmascope.suite.calibration import (
     CalibrationRecord,
     calibrate,
     lambda_for_target,
     read_record,
     record_path,
 )
-from saelens_gemmascope.training.memory import estimate_sae_memory, parse_bytes
-from saelens_gemmascope.training.preset_config import PresetSAE, match_presets
-from saelens_gemmascope.training.suite import plan_suite
+from saelens_gemmascope.suite.configs import PresetSAE, match_presets
+from saelens_gemmascope.suite.memory import estimate_sae_memory, parse_bytes
+from saelens_gemmascope.suite.plan import plan_suite
 
 
 def test_sae_memory_estimate_for_a_gemma_scope_16k_sae() -> None:

@@ -16,16 +16,17 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from saelens_gemmascope.cli import main
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
-from saelens_gemmascope.training import suite_training as suite_training_module
-from saelens_gemmascope.training.preset_config import (
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.distributed.spec import DistributedSpec
+from saelens_gemmascope.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite import passes as suite_training_module
+from saelens_gemmascope.suite.configs import (
     PresetSAE,
     match_presets,
     single_config_for,
     training_config,
 )
-from saelens_gemmascope.training.run_spec import DistributedSpec, RunSpec
 
 TINY = "tiny-gemma-2/res/layer_1/width_256"
 GEMMA = "gemma-2-2b/res/layer_12/width_16k"
@@ -80,9 +81,9 @@ def captured_runner(monkeypatch: pytest.MonkeyPatch, tiny: TinyGemma2) -> list[t
 
     monkeypatch.setattr(suite_training_module, "GemmaScopeMultiSAETrainingRunner", record)
     monkeypatch.setattr(
-        suite_training_module.SuiteTrainers, "language_model", lambda self, name: tiny.tl_model
+        suite_training_module.PassTraining, "language_model", lambda self, name: tiny.tl_model
     )
-    monkeypatch.setattr("saelens_gemmascope.training.run_spec.check_device_available", lambda device: None)
+    monkeypatch.setattr("saelens_gemmascope.runners.run_spec.check_device_available", lambda device: None)
     return seen
 
 
@@ -102,7 +103,7 @@ def test_the_distributed_cli_puts_everything_on_the_run_device(
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "1")
     monkeypatch.setattr(
-        "saelens_gemmascope.training.distributed.init_distributed",
+        "saelens_gemmascope.distributed.collectives.init_distributed",
         lambda spec, device, timeout_s=None: None,
     )
     argv = ["train", TINY, "--device", "cuda", "--dtype", "bfloat16", "--l0-coefficients", "1e-3,2e-3",

@@ -12,10 +12,10 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from saelens_gemmascope.directory.manifest import load_manifest
 from saelens_gemmascope.host import load_plugins
-from saelens_gemmascope.training.preset import PresetNotTrainableError, TrainingPreset
-from saelens_gemmascope.training.preset_config import match_presets, parse_assignments, training_config
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import plan_suite
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.configs import match_presets, parse_assignments, training_config
+from saelens_gemmascope.suite.plan import plan_suite
+from saelens_gemmascope.suite.preset import PresetNotTrainableError, TrainingPreset
 
 
 def _presets() -> dict[str, TrainingPreset]:
@@ -144,7 +144,7 @@ def test_every_trainable_preset_gives_a_config_sae_lens_accepts() -> None:
     from sae_lens.config import LanguageModelSAERunnerConfig
 
     from saelens_gemmascope.host import load_plugins
-    from saelens_gemmascope.training.preset_config import training_config
+    from saelens_gemmascope.suite.configs import training_config
 
     presets = [p for p in load_plugins().presets.values() if p.trainable]
     assert len(presets) > 400

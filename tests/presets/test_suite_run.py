@@ -21,13 +21,15 @@ import pytest
 import torch
 from sae_lens import SAE
 
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training.calibration import DEFAULT_GRID, CalibrationRecord, read_record, write_record
-from saelens_gemmascope.training.preset_config import match_presets
-from saelens_gemmascope.training.presets import TINY_L0_TARGETS
-from saelens_gemmascope.training.run_spec import RunSpec
-from saelens_gemmascope.training.suite import SuitePlan, SuiteResult, plan_suite, run_suite
-from saelens_gemmascope.training.suite_training import group_trainers
+from saelens_gemmascope.demo.presets import TINY_L0_TARGETS
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.calibration import DEFAULT_GRID, CalibrationRecord, read_record, write_record
+from saelens_gemmascope.suite.configs import match_presets
+from saelens_gemmascope.suite.passes import pass_training
+from saelens_gemmascope.suite.plan import SuitePlan, plan_suite
+from saelens_gemmascope.suite.results import SuiteResult
+from saelens_gemmascope.suite.run import run_suite
 
 L0_TOLERANCE = 1.5
 #: The tiny presets' own ladder (12, 24, 48): all three reachable by 256-latent SAEs.
@@ -94,7 +96,7 @@ def suite(
         model.hook_dict[p.hook_name].register_forward_hook(counter.hook_point(p.hook_name)) for p in presets
     ]
     try:
-        trainers = group_trainers(root, model=model, dataset=token_data)
+        trainers = pass_training(root, model=model, dataset=token_data)
         result = run_suite(plan, root, trainers, progress=counter.progress)
     finally:
         for handle in handles:
@@ -165,7 +167,7 @@ def test_cached_activations_path_trains_an_sae(
     preset = dataclasses.replace(preset, l0_targets=(20.0,), training_tokens=100 * 256)
     # A stored calibration record: the run starts from it instead of probing.
     write_record(tmp_path, CalibrationRecord(preset.name, 0, [], {20.0: 3e-3}))
-    trainers = group_trainers(tmp_path, model=tiny.tl_model, dataset=token_data, cached=True)
+    trainers = pass_training(tmp_path, model=tiny.tl_model, dataset=token_data, cached=True)
     result = run_suite(plan_suite([preset]), tmp_path, trainers, progress=lambda _: None)
     (sae,) = result.saes
     assert (tmp_path / "activations" / "blocks.1.attn.hook_z" / "state.json").is_file()
@@ -185,16 +187,16 @@ def test_an_existing_checkpoint_needs_resume(
     counter = ForwardCounter(phase="first")
     handle = tiny.tl_model.register_forward_pre_hook(counter.hook)
     try:
-        run_suite(plan, tmp_path, group_trainers(RunSpec(output=tmp_path, n_checkpoints=1), model=tiny.tl_model, dataset=token_data),
+        run_suite(plan, tmp_path, pass_training(RunSpec(output=tmp_path, n_checkpoints=1), model=tiny.tl_model, dataset=token_data),
                   progress=lambda _: None)  # fmt: skip
         # A crash after the checkpoint: the final outputs are gone, the checkpoint is there.
         for path in sorted((tmp_path / "saes").rglob("*"), reverse=True):
             path.unlink() if path.is_file() else path.rmdir()
         with pytest.raises(FileExistsError, match="--resume"):
-            run_suite(plan, tmp_path, group_trainers(tmp_path, model=tiny.tl_model, dataset=token_data))
+            run_suite(plan, tmp_path, pass_training(tmp_path, model=tiny.tl_model, dataset=token_data))
         counter.phase = "resumed"
         resumed = run_suite(
-            plan, tmp_path, group_trainers(tmp_path, model=tiny.tl_model, dataset=token_data, resume=True),
+            plan, tmp_path, pass_training(tmp_path, model=tiny.tl_model, dataset=token_data, resume=True),
             progress=lambda _: None,
         )  # fmt: skip
     finally:

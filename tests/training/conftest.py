@@ -20,9 +20,9 @@ from training_helpers import CONTEXT, D_IN, HOOK, SPECIAL_IDS, rows_of
 
 from saelens_gemmascope.builtin import architectures
 from saelens_gemmascope.contributions import Architecture
-from saelens_gemmascope.models.tiny import TinyGemma2, build_tiny_gemma2
-from saelens_gemmascope.training import gemmascope_sae_config
-from saelens_gemmascope.training.sae import ARCHITECTURE_NAME, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.demo.tiny_model import TinyGemma2, build_tiny_gemma2
+from saelens_gemmascope.recipe import gemmascope_sae_config
+from saelens_gemmascope.recipe.sae import ARCHITECTURE_NAME, GemmaScopeTrainingSAEConfig
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from sae_lens.config import SAETrainerConfig
 
-from saelens_gemmascope.training import gemmascope_sae_config
-from saelens_gemmascope.training.device_audit import (
+from saelens_gemmascope.recipe import gemmascope_sae_config
+from saelens_gemmascope.recipe.device_audit import (
     DeviceMismatchError,
     audit_devices,
     audit_training_start,
@@ -19,8 +19,8 @@ from saelens_gemmascope.training.device_audit import (
     named_training_tensors,
     same_device,
 )
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
-from saelens_gemmascope.training.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.recipe.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
 
 D_IN, D_SAE, BATCH = 8, 16, 32
 HOOKS = {"a": "blocks.0.hook_resid_post", "b": "blocks.1.hook_resid_post"}

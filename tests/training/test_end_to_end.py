@@ -20,10 +20,11 @@ import torch
 from sae_lens import SAE
 from training_helpers import explained_variance, tiny_runner_config
 
+from saelens_gemmascope.demo.tiny_model import TinyGemma2
+from saelens_gemmascope.directory.layout import export_gemmascope_sae
 from saelens_gemmascope.directory.local import register_local_release
-from saelens_gemmascope.models.tiny import TinyGemma2
-from saelens_gemmascope.training import GemmaScopeTrainingRunner, export_gemmascope_sae
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.runners import GemmaScopeTrainingRunner
 
 STEPS = 1500
 # What this run reaches on held-out text (measured: see the report); bounds leave room for noise.

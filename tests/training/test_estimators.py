@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from saelens_gemmascope.training.estimators import jumprelu, rectangle_kernel, step
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.estimators import jumprelu, rectangle_kernel, step
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 
 EPS = 0.001
 # Two latents with θ = 0.002 and 0.004. Per element, u = (pre - θ)/ε:

@@ -25,9 +25,9 @@ import torch
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 
-from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
-from saelens_gemmascope.training.sparse_step import SPARSE_DENSITY_CUTOFF, prefers_sparse
+from saelens_gemmascope.recipe import GemmaScopeSAETrainer, gemmascope_sae_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.recipe.sparse_step import SPARSE_DENSITY_CUTOFF, prefers_sparse
 
 D_IN, D_SAE, BATCH = 16, 64, 32
 EPS = 1e-3  # the recipe's bandwidth

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from saelens_gemmascope.training import wandb_logging
-from saelens_gemmascope.training.progress import step_losses
-from saelens_gemmascope.training.wandb_logging import choose_wandb_mode, offline_sync_hint
+from saelens_gemmascope.progress import step_losses
+from saelens_gemmascope.runners import wandb_logging
+from saelens_gemmascope.runners.wandb_logging import choose_wandb_mode, offline_sync_hint
 
 
 def test_step_losses_reads_tensors_and_callables() -> None:

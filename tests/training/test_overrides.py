@@ -9,8 +9,9 @@ from typing import Any, Literal
 import pytest
 from sae_lens.config import LanguageModelSAERunnerConfig
 
-from saelens_gemmascope.training import overrides
-from saelens_gemmascope.training.overrides import (
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.runners import overrides
+from saelens_gemmascope.runners.overrides import (
     DERIVED_DEVICE_KEYS,
     NUMERIC_CONSTRAINTS,
     RUN_LEVEL_KEYS,
@@ -22,7 +23,6 @@ from saelens_gemmascope.training.overrides import (
     runner_field_names,
     sae_field_names,
 )
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAEConfig
 
 
 def error_of(values: dict[Any, Any]) -> str:

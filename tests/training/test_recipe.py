@@ -10,10 +10,10 @@ import pytest
 import torch
 from sae_lens.config import SAETrainerConfig
 
-from saelens_gemmascope.training import GemmaScopeSAETrainer, gemmascope_sae_config
-from saelens_gemmascope.training.config import RECIPE_RUNNER_DEFAULTS
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE
-from saelens_gemmascope.training.trainer import build_recipe_lr_scheduler
+from saelens_gemmascope.recipe import GemmaScopeSAETrainer, gemmascope_sae_config
+from saelens_gemmascope.recipe.config import RECIPE_RUNNER_DEFAULTS
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE
+from saelens_gemmascope.recipe.trainer import build_recipe_lr_scheduler
 
 D_IN, D_SAE, BATCH = 16, 32, 64
 
@@ -143,7 +143,7 @@ def test_adam_falls_back_to_the_default_implementation_without_a_fused_kernel(
             raise RuntimeError("`fused=True` requires all the params to be floating point Tensors")
         return real_adam(params, **kwargs)
 
-    monkeypatch.setattr("saelens_gemmascope.training.trainer.Adam", adam_without_fused_kernels)
+    monkeypatch.setattr("saelens_gemmascope.recipe.trainer.Adam", adam_without_fused_kernels)
     trainer = make_trainer()
     assert not trainer.optimizer.defaults["fused"]
     (group,) = trainer.optimizer.param_groups

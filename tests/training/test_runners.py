@@ -13,15 +13,11 @@ from sae_lens import LoggingConfig
 from sae_lens.saes.sae import TrainStepInput, TrainStepOutput
 from training_helpers import BATCH, HOOK, SPECIAL_IDS, rows_of, tiny_runner_config
 
-from saelens_gemmascope.models.tiny import TinyGemma2, build_tiny_gemma2
-from saelens_gemmascope.models.tokenizer import EOS_ID, PAD_ID
-from saelens_gemmascope.training import (
-    GemmaScopeMultiSAETrainingRunner,
-    GemmaScopeTrainingRunner,
-    gemmascope_ladder,
-    gemmascope_multi_runner_config,
-)
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.demo.tiny_model import TinyGemma2, build_tiny_gemma2
+from saelens_gemmascope.demo.tokenizer import EOS_ID, PAD_ID
+from saelens_gemmascope.recipe import gemmascope_ladder, gemmascope_multi_runner_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.runners import GemmaScopeMultiSAETrainingRunner, GemmaScopeTrainingRunner
 
 
 class RecordsInputs(GemmaScopeTrainingSAE):

@@ -8,9 +8,9 @@ import torch
 from sae_lens import LoggingConfig
 from sae_lens.config import LanguageModelSAERunnerConfig
 
-from saelens_gemmascope.models.tokenizer import BOS_ID, EOS_ID, PAD_ID
-from saelens_gemmascope.training import gemmascope_runner_config
-from saelens_gemmascope.training.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from saelens_gemmascope.recipe import gemmascope_runner_config
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
 
 HOOK = "blocks.1.hook_resid_post"
 D_IN = 64

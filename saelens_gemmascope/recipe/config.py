@@ -1,0 +1,120 @@
+"""Config helpers: SAELens configs with the Gemma Scope recipe's values as defaults.
+
+Every default can be overridden by keyword; anything not listed here keeps SAELens's default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
+
+from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+
+
+class BufferTooSmallError(ValueError):
+    """The activation buffer cannot hold one training batch."""
+
+
+def check_buffer(context_size: int, n_batches_in_buffer: int, train_batch_size_tokens: int) -> None:
+    """Raise :class:`BufferTooSmallError` unless ``n_batches_in_buffer * context_size`` holds a batch."""
+    held = n_batches_in_buffer * context_size
+    if held >= train_batch_size_tokens:
+        return
+    raise BufferTooSmallError(
+        f"the activation buffer holds n_batches_in_buffer * context_size = {n_batches_in_buffer} * "
+        f"{context_size} = {held:,} tokens, fewer than one training batch (train_batch_size_tokens = "
+        f"{train_batch_size_tokens:,}), so it would never yield a batch. Change one of: "
+        f"n_batches_in_buffer={math.ceil(train_batch_size_tokens / context_size)} (or more), "
+        f"train_batch_size_tokens={held} (or less)"
+    )
+
+
+#: Runner-level recipe values (paper §2): the ones SAELens's runner configs can express.
+RECIPE_RUNNER_DEFAULTS: dict[str, Any] = {
+    "train_batch_size_tokens": 4096,
+    "context_size": 1024,
+    "lr": 7e-5,
+    "lr_scheduler_name": "constant",
+    "lr_warm_up_steps": 1000,
+    "lr_decay_steps": 0,
+    "adam_beta1": 0.0,
+    "adam_beta2": 0.999,
+    # BOS, EOS and padding activations are never used; SAELens drops every structural special token.
+    "exclude_special_tokens": True,
+    "dtype": "float32",
+    "autocast": False,
+}
+
+
+def gemmascope_sae_config(
+    d_in: int, d_sae: int, l0_coefficient: float = 1e-3, **overrides: Any
+) -> GemmaScopeTrainingSAEConfig:
+    """A ``jumprelu_gemmascope`` SAE config with the recipe's defaults (see its docstring)."""
+    return GemmaScopeTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=l0_coefficient, **overrides)
+
+
+def gemmascope_ladder(
+    d_in: int, d_sae: int, l0_coefficients: Iterable[float], **overrides: Any
+) -> dict[str, GemmaScopeTrainingSAEConfig]:
+    """One SAE config per λ (Gemma Scope's sparsity variants), named ``l0_coef_{λ:g}``."""
+    return {
+        f"l0_coef_{coefficient:g}": gemmascope_sae_config(d_in, d_sae, coefficient, **overrides)
+        for coefficient in l0_coefficients
+    }
+
+
+def _check_buffer_before(config_class: type, values: Mapping[str, Any]) -> None:
+    # Checked before SAELens builds its config, so that our message (which numbers to change) is
+    # the one the user sees; SAELens's own defaults fill what the caller left out.
+    defaults = {f.name: f.default for f in fields(config_class)}
+    check_buffer(
+        int(values.get("context_size", defaults["context_size"])),
+        int(values.get("n_batches_in_buffer", defaults["n_batches_in_buffer"])),
+        int(values.get("train_batch_size_tokens", defaults["train_batch_size_tokens"])),
+    )
+
+
+def gemmascope_runner_config(
+    sae: GemmaScopeTrainingSAEConfig,
+    *,
+    model_name: str,
+    hook_name: str,
+    training_tokens: int,
+    dataset_path: str = "",
+    **overrides: Any,
+) -> LanguageModelSAERunnerConfig[GemmaScopeTrainingSAEConfig]:
+    """A ``LanguageModelSAERunnerConfig`` for :class:`GemmaScopeTrainingRunner` with the recipe's
+    batch (4,096 activations), context (1,024), η = 7e-5 with 1,000 warm-up steps, Adam
+    β = (0, 0.999), special tokens excluded and fp32 (``autocast=True`` for bf16)."""
+    values = {**RECIPE_RUNNER_DEFAULTS, **overrides}
+    _check_buffer_before(LanguageModelSAERunnerConfig, values)
+    cfg = LanguageModelSAERunnerConfig(
+        sae=sae, model_name=model_name, hook_name=hook_name, training_tokens=training_tokens,
+        dataset_path=dataset_path, **values,
+    )  # fmt: skip
+    return cfg
+
+
+def gemmascope_multi_runner_config(
+    saes: Mapping[str, GemmaScopeTrainingSAEConfig],
+    hook_names: Mapping[str, str] | str,
+    *,
+    model_name: str,
+    training_tokens: int,
+    dataset_path: str = "",
+    **overrides: Any,
+) -> MultiSAETrainingRunnerConfig:
+    """A ``MultiSAETrainingRunnerConfig`` for :class:`GemmaScopeMultiSAETrainingRunner` with the
+    recipe's runner defaults (as :func:`gemmascope_runner_config`)."""
+    values = {**RECIPE_RUNNER_DEFAULTS, **overrides}
+    _check_buffer_before(MultiSAETrainingRunnerConfig, values)
+    cfg = MultiSAETrainingRunnerConfig(
+        saes=dict(saes), hook_names=hook_names, model_name=model_name, training_tokens=training_tokens,
+        dataset_path=dataset_path, **values,
+    )  # fmt: skip
+    return cfg

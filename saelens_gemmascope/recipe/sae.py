@@ -1,0 +1,350 @@
+"""The ``jumprelu_gemmascope`` training SAE: a JumpReLU SAE that follows the Gemma Scope recipe.
+
+Every recipe point is a field of :class:`GemmaScopeTrainingSAEConfig` with the paper's value as its
+default. The SAE owns what concerns its own weights (estimators, initialisation, the unit-norm
+decoder constraint, the fold-in); :mod:`saelens_gemmascope.recipe.trainer` owns the optimiser, the
+learning-rate warm-up, clipping and the input scale ``C``, and calls the SAE's two step hooks
+(:meth:`GemmaScopeTrainingSAE.before_optimizer_step`, :meth:`~GemmaScopeTrainingSAE.after_optimizer_step`).
+
+What it saves for inference is a plain SAELens ``jumprelu`` SAE: the inference registry entry for
+``jumprelu_gemmascope`` is SAELens's own ``JumpReLUSAE``/``JumpReLUSAEConfig``, whose config writes
+``architecture: jumprelu``, so the saved folder loads without this package.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from sae_lens.saes.sae import (
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainingSAEConfig,
+    TrainStepInput,
+    TrainStepOutput,
+)
+from torch import nn
+
+from saelens_gemmascope.recipe.estimators import jumprelu, step
+from saelens_gemmascope.recipe.sparse_step import (
+    SPARSE_DTYPES,
+    SparseJumpReLUStep,
+    candidate_mask,
+    prefers_sparse,
+    select_entries,
+)
+
+ARCHITECTURE_NAME = "jumprelu_gemmascope"
+
+ThresholdParametrisation = Literal["direct", "log"]
+InputScaling = Literal["unit_mean_squared_norm", "none"]
+LrWarmUpShape = Literal["cosine", "linear"]
+FastPath = Literal["auto", "dense", "sparse"]
+StepPath = Literal["dense", "sparse"]
+
+
+@dataclass
+class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
+    """Training config of a ``jumprelu_gemmascope`` SAE; defaults are the paper's values.
+
+    Args:
+        decoder_init_norm: norm of every decoder row at init (recipe: He-uniform, then unit norm).
+        jumprelu_init_threshold: θ at init, for every latent (recipe: 0.001).
+        jumprelu_bandwidth: ε of the rectangle-kernel estimators (recipe: 0.001).
+        l0_coefficient: λ, the L0 penalty's final coefficient. Not published per SAE (the paper
+            mentions 6e-4 and 1e-3); sparsity variants come from sweeping it.
+        l0_warm_up_steps: λ rises linearly from 0 over this many steps (recipe: 10,000).
+        threshold_parametrisation: ``"direct"`` trains θ itself (kept ≥ 0 by projection after each
+            step); ``"log"`` trains log θ. Which one Gemma Scope used is unconfirmed. Adam moves a
+            parameter by about η per step, so log θ changes θ by a factor of about e^η per step: from
+            0.001 to 0.1 takes ln(100)/η ≈ 66k steps at η = 7e-5. That is fine over the paper's 1M
+            steps but leaves θ stuck at init in shorter runs, hence ``"direct"`` by default.
+        unit_norm_decoder: renormalise every decoder row to unit norm after every step and remove
+            the gradient component parallel to each row before the optimiser step (recipe: on).
+        input_scaling: ``"unit_mean_squared_norm"`` divides inputs by one scalar C, estimated from
+            data before training, with E‖x/C‖² = 1 (recipe); ``"none"`` uses C = 1.
+        lr_warm_up_shape: ``"cosine"`` warms the learning rate up from
+            ``lr_warm_up_start_fraction·η`` to η over the runner's ``lr_warm_up_steps`` along a
+            half cosine, then holds it (recipe); ``"linear"`` keeps SAELens's own schedulers.
+        lr_warm_up_start_fraction: where the cosine warm-up starts, as a fraction of η (recipe: 0.1).
+        adam_eps: Adam's epsilon (recipe: 1e-8). Betas come from the runner config.
+        max_grad_norm: clip the gradient to this global norm; ``None`` (recipe) never clips.
+        fast_path: how a training step computes what follows the encoder's dense product (a speed
+            setting; the saved SAE's metadata records it, inference ignores it). ``"dense"``: dense
+            tensors throughout, the reference. ``"sparse"``: only the entries that fire or sit inside the estimators'
+            window (:mod:`~saelens_gemmascope.recipe.sparse_step`); the same numbers up to
+            floating-point summation order, several times faster once few latents fire.
+            ``"auto"``: per step, sparse while the fraction of such entries in the batch is at most
+            the device's cut-off in ``sparse_step.SPARSE_DENSITY_CUTOFF`` (CPU 0.08, measured;
+            CUDA and other devices: dense until measured there), else dense: early in training,
+            θ = 0.001 makes about half the latents fire. The sparse path needs float32/float64
+            parameters (bf16 through autocast is fine), no hooks on the SAE's hook points and an
+            input without gradient; ``"auto"`` falls back to dense otherwise, ``"sparse"`` raises.
+    """
+
+    decoder_init_norm: float | None = 1.0
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3
+    l0_coefficient: float = 1e-3
+    l0_warm_up_steps: int = 10_000
+    threshold_parametrisation: ThresholdParametrisation = "direct"
+    unit_norm_decoder: bool = True
+    input_scaling: InputScaling = "unit_mean_squared_norm"
+    lr_warm_up_shape: LrWarmUpShape = "cosine"
+    lr_warm_up_start_fraction: float = 0.1
+    adam_eps: float = 1e-8
+    max_grad_norm: float | None = None
+    fast_path: FastPath = "auto"
+
+    @classmethod
+    def architecture(cls) -> str:
+        return ARCHITECTURE_NAME
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.normalize_activations != "none":
+            # The recipe scales inputs by C in the trainer; a second SAELens normalisation would
+            # make the fold-in inexact.
+            raise ValueError(
+                f"{ARCHITECTURE_NAME} scales inputs with input_scaling={self.input_scaling!r}; "
+                f"normalize_activations must be 'none', got {self.normalize_activations!r}"
+            )
+        if self.jumprelu_init_threshold <= 0 and self.threshold_parametrisation == "log":
+            raise ValueError("a log-parametrised threshold needs jumprelu_init_threshold > 0")
+        if self.jumprelu_bandwidth <= 0:
+            raise ValueError("jumprelu_bandwidth must be > 0")
+        if not 0.0 < self.lr_warm_up_start_fraction <= 1.0:
+            raise ValueError("lr_warm_up_start_fraction must be in (0, 1]")
+        if self.fast_path not in ("auto", "dense", "sparse"):
+            raise ValueError(f"fast_path must be 'auto', 'dense' or 'sparse', got {self.fast_path!r}")
+
+
+class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
+    """JumpReLU SAE trained with the Gemma Scope recipe (see :class:`GemmaScopeTrainingSAEConfig`)."""
+
+    b_enc: nn.Parameter
+
+    def __init__(self, cfg: GemmaScopeTrainingSAEConfig, use_error_term: bool = False):
+        super().__init__(cfg, use_error_term)
+        # Set by the recipe's trainer; without it nobody calls the step hooks (see training_forward_pass).
+        self.recipe_trainer_attached = False
+        # Which path the last training step took (diagnostics, benchmarks, tests).
+        self.last_step_path: StepPath | None = None
+
+    # -- parameters ------------------------------------------------------------------------------
+
+    def initialize_weights(self) -> None:
+        # SAELens's base init is the recipe's: He-uniform (kaiming_uniform_) decoder, rows rescaled to
+        # decoder_init_norm (1.0 here), W_enc = W_decᵀ, zero b_dec.
+        super().initialize_weights()
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
+        init = torch.full(
+            (self.cfg.d_sae,), self.cfg.jumprelu_init_threshold, dtype=self.dtype, device=self.device
+        )
+        if self.cfg.threshold_parametrisation == "log":
+            self.log_threshold = nn.Parameter(init.log())
+        else:
+            self.threshold = nn.Parameter(init)
+
+    @property
+    def threshold_values(self) -> torch.Tensor:
+        """θ, whatever the parametrisation (differentiable)."""
+        if self.cfg.threshold_parametrisation == "log":
+            return self.log_threshold.exp()
+        return self.threshold
+
+    # -- forward and loss ------------------------------------------------------------------------
+
+    def encode_with_hidden_pre(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, hidden_pre = self._encoder_product(x)
+        return self._activate(hidden_pre), hidden_pre
+
+    def _encoder_product(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input and its dense product ``hidden_pre`` (the only step every latent needs)."""
+        # process_sae_in subtracts b_dec while apply_b_dec_to_input is on: the pre-encoder bias.
+        sae_in = self.process_sae_in(x)
+        return sae_in, self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
+
+    def _activate(self, hidden_pre: torch.Tensor) -> torch.Tensor:
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        return self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, self.cfg.jumprelu_bandwidth))
+
+    def calculate_aux_loss(
+        self,
+        step_input: TrainStepInput,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        sae_out: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        l0 = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
+        return {"l0_loss": self._l0_loss(step_input, l0)}
+
+    @staticmethod
+    def _l0_loss(step_input: TrainStepInput, l0_per_row: torch.Tensor) -> torch.Tensor:
+        return (step_input.coefficients["l0"] * l0_per_row).mean()
+
+    def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
+        # SAELens's CoefficientScheduler gives λ·n/W at step n: linear from 0, as the recipe says.
+        return {
+            "l0": TrainCoefficientConfig(
+                value=self.cfg.l0_coefficient, warm_up_steps=self.cfg.l0_warm_up_steps
+            )
+        }
+
+    def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        if not self.recipe_trainer_attached and step_input.n_training_steps == 0:
+            warnings.warn(
+                f"{ARCHITECTURE_NAME} is being trained by a trainer that does not apply the recipe "
+                "(unit-norm decoder, cosine warm-up, no clipping, input scale C). Use "
+                "saelens_gemmascope.runners.GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner.",
+                stacklevel=2,
+            )
+        if self.cfg.fast_path == "dense":
+            self.last_step_path = "dense"
+            return super().training_forward_pass(step_input)
+        return self._training_forward_pass_choosing_path(step_input)
+
+    def _sparse_path_blocker(self, sae_in: torch.Tensor) -> str | None:
+        """Why this step cannot take the sparse path, or ``None`` when it can."""
+        if sae_in.requires_grad:
+            return "the input requires a gradient, which the sparse path does not compute"
+        if self.W_enc.dtype not in SPARSE_DTYPES:
+            return f"the parameters are {self.W_enc.dtype}; it needs float32 or float64 (autocast for bf16)"
+        if any(hook.fwd_hooks or hook.bwd_hooks for hook in self.hook_dict.values()):
+            return "hooks are attached to the SAE; the sparse path skips the hook points after the encoder"
+        return None
+
+    def _training_forward_pass_choosing_path(self, step_input: TrainStepInput) -> TrainStepOutput:
+        """The step with ``fast_path`` ``"auto"`` or ``"sparse"``: the dense encoder product, then the
+        dense or the sparse rest (see :class:`GemmaScopeTrainingSAEConfig`)."""
+        blocker = self._sparse_path_blocker(step_input.sae_in)
+        if blocker is not None and self.cfg.fast_path == "sparse":
+            raise ValueError(f"fast_path='sparse' cannot run this step: {blocker}")
+        eps = self.cfg.jumprelu_bandwidth
+        # The encoder as encode_with_hidden_pre computes it (autocast included). Its graph is only
+        # walked by the dense rest; the sparse rest computes the encoder's gradients itself.
+        sae_in, hidden_pre = self._encoder_product(step_input.sae_in)
+        threshold = self.threshold_values.to(hidden_pre.dtype)
+        entries = None
+        if blocker is None:
+            with torch.no_grad():
+                flat_pre = hidden_pre.detach().reshape(-1, self.cfg.d_sae)
+                candidates = candidate_mask(flat_pre, threshold.detach(), eps)
+                if self.cfg.fast_path == "sparse" or prefers_sparse(
+                    int(torch.count_nonzero(candidates)) / max(candidates.numel(), 1), flat_pre.device
+                ):
+                    entries = select_entries(flat_pre, threshold.detach(), eps, candidates)
+        if entries is None:
+            self.last_step_path = "dense"
+            feature_acts = self._activate(hidden_pre)
+            sae_out = self.decode(feature_acts)
+            l0_per_row = step(hidden_pre, threshold, eps).sum(dim=-1)
+            return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row)
+        self.last_step_path = "sparse"
+        pre_encoder_bias = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        # sae_in carries no gradient (checked above); the Function computes only the parameters'.
+        decoded, l0_per_row = SparseJumpReLUStep.apply(
+            sae_in.detach().reshape(-1, self.cfg.d_in), self.W_enc, self.b_enc, self.W_dec, threshold,
+            pre_encoder_bias, entries, eps,
+        )  # fmt: skip
+        leading = hidden_pre.shape[:-1]
+        # decode()'s b_dec; its hooks are idle (checked above) and normalize_activations is "none".
+        sae_out = decoded.reshape(*leading, self.cfg.d_in) + self.b_dec
+        with torch.no_grad():
+            feature_acts = entries.feature_acts().reshape(hidden_pre.shape)
+        return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading))
+
+    def _step_output(
+        self,
+        step_input: TrainStepInput,
+        sae_out: torch.Tensor,
+        feature_acts: torch.Tensor,
+        hidden_pre: torch.Tensor,
+        l0_per_row: torch.Tensor,
+    ) -> TrainStepOutput:
+        # The losses as SAELens's TrainingSAE.training_forward_pass forms them (it has no seam
+        # for a forward pass that yields the L0 itself): MSE summed over d_in, mean over rows.
+        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        l0_loss = self._l0_loss(step_input, l0_per_row)
+        return TrainStepOutput(
+            sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            loss=mse_loss + l0_loss, losses={"mse_loss": mse_loss, "l0_loss": l0_loss},
+        )  # fmt: skip
+
+    # -- the step hooks the recipe's trainer calls -----------------------------------------------
+
+    @torch.no_grad()
+    def before_optimizer_step(self) -> None:
+        """Remove from each decoder row's gradient its component parallel to that row."""
+        if not self.cfg.unit_norm_decoder or self.W_dec.grad is None:
+            return
+        # grad -= (grad·w / ‖w‖²)·w per row, with one decoder-sized temporary instead of four (it
+        # runs every step on the whole decoder).
+        W_dec, grad = self.W_dec, self.W_dec.grad
+        squared_norms = torch.linalg.vector_norm(W_dec, dim=-1).square().clamp(min=1e-24)
+        parallel = torch.linalg.vecdot(grad, W_dec) / squared_norms
+        grad.addcmul_(W_dec, parallel.unsqueeze(-1), value=-1.0)
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> None:
+        """Renormalise decoder rows to unit norm; keep a directly trained θ non-negative."""
+        if self.cfg.unit_norm_decoder:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp(min=1e-12))
+        if self.cfg.threshold_parametrisation == "direct":
+            # Projection on the data, not a clamp in the graph, which would zero θ's gradient.
+            self.threshold.clamp_(min=0.0)
+
+    # -- folding into the released (raw-space) form ----------------------------------------------
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        """Fold the input scale C = 1/scaling_factor and the pre-encoder bias into the weights.
+
+        SAELens's trainers call this once after training with the factor that multiplied the
+        inputs. Gemma Scope's fold (paper App. A) keeps both matrices and scales the rest:
+        b_enc' = C·b_enc - C·(b_dec @ W_enc), b_dec' = C·b_dec, θ' = C·θ. Afterwards the SAE reads
+        raw activations, its latents are C times the training-time ones and decoder rows keep
+        unit norm. (SAELens's own fold rescales W_enc and W_dec instead.)
+        """
+        scale = 1.0 / scaling_factor
+        # The config object is the caller's (a runner config, a ladder reused for another run):
+        # describe the folded SAE in a copy of it, or the next run would train without the recipe's
+        # pre-encoder bias.
+        self.cfg = copy.deepcopy(self.cfg)
+        if self.cfg.apply_b_dec_to_input:
+            self.b_enc.sub_(self.b_dec @ self.W_enc)
+            self.cfg.apply_b_dec_to_input = False
+        self.b_enc.mul_(scale)
+        self.b_dec.mul_(scale)
+        self._scale_threshold(torch.full_like(self.b_enc, scale))
+        self.cfg.normalize_activations = "none"
+        # Provenance only: the folded weights no longer need C.
+        self.cfg.metadata.gemmascope_input_scale = scale
+
+    @torch.no_grad()
+    def fold_W_dec_norm(self) -> None:
+        norms = self.fold_and_get_W_dec_norm()
+        self._scale_threshold(norms)
+
+    @torch.no_grad()
+    def _scale_threshold(self, factor: torch.Tensor) -> None:
+        if self.cfg.threshold_parametrisation == "log":
+            self.log_threshold.add_(factor.log().to(self.log_threshold.dtype))
+        else:
+            self.threshold.mul_(factor.to(self.threshold.dtype))
+
+    def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
+        # The inference architecture is plain jumprelu, which stores θ itself.
+        if "log_threshold" in state_dict:
+            state_dict["threshold"] = state_dict.pop("log_threshold").exp().contiguous()
+        super().process_state_dict_for_saving_inference(state_dict)
+
+    def inference_state_dict(self) -> dict[str, torch.Tensor]:
+        """W_enc, W_dec, b_enc, b_dec, threshold as the saved inference model holds them."""
+        state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
+        self.process_state_dict_for_saving_inference(state_dict)
+        return state_dict
