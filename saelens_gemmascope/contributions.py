@@ -7,13 +7,16 @@ Models (:class:`saelens_gemmascope.models.spec.ModelSpec`) and training presets
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sae_lens.loading.pretrained_sae_loaders import (
-    PretrainedSaeConfigHuggingfaceLoader,
-    PretrainedSaeHuggingfaceLoader,
-)
-from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
+if TYPE_CHECKING:
+    # Names for the annotations only: importing SAELens (and torch) is what this module avoids, so that
+    # a plugin's records, and ``import saelens_gemmascope``, cost nothing until SAELens is needed.
+    from sae_lens.loading.pretrained_sae_loaders import (
+        PretrainedSaeConfigHuggingfaceLoader,
+        PretrainedSaeHuggingfaceLoader,
+    )
+    from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
 
 @dataclass(frozen=True)

@@ -313,6 +313,10 @@ def load_plugins() -> Registrations:
     A second call returns the same :class:`Registrations` and changes nothing.
     """
     global _LOADED
+    # SAELens's import runs the package's own registration (``post_import``), which calls this
+    # function: import it first, so that happens before this load, not in the middle of it.
+    import sae_lens  # noqa: F401
+
     if _LOADED is None:
         host = PluginHost()
         host.add_builtins()
@@ -323,10 +327,14 @@ def load_plugins() -> Registrations:
     return _LOADED
 
 
-def register_runtime_release(release: Release, owner: str) -> None:
+def register_runtime_release(release: Release, owner: str, found: Registrations | None = None) -> None:
     """Register one release after the plugins loaded (a local folder, a suite's export), through
-    the same clash checks: a name another plugin owns is refused; ``owner`` may re-register its own."""
-    found = load_plugins()
+    the same clash checks: a name another plugin owns is refused; ``owner`` may re-register its own.
+
+    ``found`` is the registrations to add it to: the process's (:func:`load_plugins`) unless given
+    (a test's own host).
+    """
+    found = found if found is not None else load_plugins()
     if owner not in found.plugins:
         found.plugins[owner] = PluginInfo(name=owner, source="in-process")
     current = found.owners.get(("releases", release.name))
@@ -347,6 +355,19 @@ def register_runtime_release(release: Release, owner: str) -> None:
     if release.converter is not None:
         found.converters.setdefault(release.converter.name, release.converter)
         found.owners.setdefault(("converters", release.converter.name), owner)
+
+
+def forget_runtime_release(name: str, owner: str) -> None:
+    """Take a release that ``owner`` registered at run time out of SAELens's directory and out of
+    the process's registrations (a release another plugin owns is left alone)."""
+    from saelens_gemmascope.compat import remove_release
+
+    found = load_plugins()
+    if found.owners.get(("releases", name)) != owner:
+        return
+    remove_release(name)
+    del found.releases[name]
+    del found.owners[("releases", name)]
 
 
 def _own_version() -> str:

@@ -61,7 +61,7 @@ class ProgressTask:
     """One piece of work with a known total (tokens, by default) on a :class:`ProgressDisplay`.
 
     Also stands in for the tqdm bar SAELens's ``fit`` creates (it only calls ``close`` on it;
-    our trainers' ``_update_pbar`` call :meth:`update`).
+    our trainers' ``update_pbar`` call :meth:`update`).
     """
 
     def __init__(self, display: ProgressDisplay, label: str, total: int, done: int, unit: str) -> None:
@@ -279,25 +279,16 @@ def progress_task(
 def saelens_bars_replaced(task: ProgressTask) -> Iterator[None]:
     """SAELens's trainers build a tqdm bar inside ``fit`` (no argument, attribute or method to
     replace it by), and update it only every 100 steps. For the duration of one of our trainers'
-    ``fit``, the name ``tqdm`` in those two SAELens modules returns ``task`` instead; restored on
-    exit. (Scoped to our own ``fit``, never at import; two fits at once in one process, in
-    threads, would share the replacement.)"""
-    import sae_lens.training.multi_sae_trainer as multi_sae_trainer
-    import sae_lens.training.sae_trainer as sae_trainer
-
-    modules = (sae_trainer, multi_sae_trainer)
-    saved = [module.tqdm for module in modules]  # type: ignore[attr-defined]
+    ``fit``, their bar is ``task`` instead, through
+    :func:`saelens_gemmascope.compat.trainer_progress_bars`; restored on exit. (Scoped to our own
+    ``fit``, never at import; two fits at once in one process, in threads, would share it.)"""
+    from saelens_gemmascope.compat import trainer_progress_bars
 
     def our_task(*_args: Any, **_kwargs: Any) -> ProgressTask:
         return task
 
-    for module in modules:
-        module.tqdm = our_task  # type: ignore[attr-defined]
-    try:
+    with trainer_progress_bars(our_task):
         yield
-    finally:
-        for module, original in zip(modules, saved, strict=True):
-            module.tqdm = original  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -19,14 +19,20 @@ if TYPE_CHECKING:
 
 _plugin_loader: Callable[[], Any] | None = None
 _release_registrar: Callable[[Release, str], None] | None = None
+_release_forgetter: Callable[[str, str], None] | None = None
 
 
-def set_plugin_loader(load: Callable[[], Any], register_release: Callable[[Release, str], None]) -> None:
-    """Install the host's ``load_plugins`` and its run-time release registration (done once, by
-    the package's ``__init__``)."""
-    global _plugin_loader, _release_registrar
+def set_plugin_loader(
+    load: Callable[[], Any],
+    register_release: Callable[[Release, str], None],
+    forget_release: Callable[[str, str], None] | None = None,
+) -> None:
+    """Install the host's ``load_plugins`` and its run-time release registration and removal (done
+    once, by the package's ``__init__``)."""
+    global _plugin_loader, _release_registrar, _release_forgetter
     _plugin_loader = load
     _release_registrar = register_release
+    _release_forgetter = forget_release
 
 
 def registrations() -> Any:
@@ -57,3 +63,11 @@ def register_release(release: Release, owner: str) -> None:
     if _release_registrar is None:
         raise RuntimeError("the plugin host is not installed; import saelens_gemmascope first")
     _release_registrar(release, owner)
+
+
+def forget_release(name: str, owner: str) -> None:
+    """Take back a release ``owner`` registered at run time (SAELens's directory and the host's
+    registrations); a release another plugin owns is left alone."""
+    if _release_forgetter is None:
+        raise RuntimeError("the plugin host is not installed; import saelens_gemmascope first")
+    _release_forgetter(name, owner)

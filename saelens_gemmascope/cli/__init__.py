@@ -168,9 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"(see `{error.prog} --help`)", file=sys.stderr)
         return 2
     try:
-        from saelens_gemmascope import load_plugins
+        import warnings
 
-        load_plugins()  # a no-op when the import loaded them; else the one-line reason
+        from saelens_gemmascope import PluginLoadWarning, load_plugins
+
+        # Here, not at import: `--help` and `--version` (answered above) need neither the plugins nor
+        # SAELens, and a broken plugin is the one-line error below, never a traceback (nor the
+        # warning SAELens's import gives for it outside the command line: the error says it all).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PluginLoadWarning)
+            load_plugins()
         return int(args.handler(args) or 0)
     except KeyboardInterrupt as error:
         return _interrupted(error)

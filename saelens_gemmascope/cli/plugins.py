@@ -11,7 +11,7 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "plugins",
         help="list loaded plugins and what they registered",
-        description="Lists the plugins loaded at import (the built-in one and those installed under the "
+        description="Lists the plugins (the built-in ones and those installed under the "
         "saelens_gemmascope entry-point group): version, source, the hooks each implements and how many "
         "architectures, models, releases and presets each registered.",
     )
@@ -21,7 +21,8 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def plugin_rows() -> list[dict[str, Any]]:
     """One row per loaded plugin: identity, implemented hooks, and counts of what it registered."""
-    from saelens_gemmascope.host import load_plugins
+    # The package's load_plugins: it imports SAELens (and so registers with it) before the host loads.
+    from saelens_gemmascope import load_plugins
 
     found = load_plugins()
     rows = []

@@ -125,12 +125,11 @@ def local_release_saes(release: str) -> list[LocalSae] | None:
     """The SAEs of ``release`` if it is a local release registered in this process (an export folder
     given to ``register_local_release``, or recorded by an earlier run), else None. Reads release.json
     only: nothing is loaded."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
+    from saelens_gemmascope.compat import pretrained_directory
     from saelens_gemmascope.directory.layout import read_release_manifest
     from saelens_gemmascope.directory.local import LOCAL_CONVERTER_NAME
 
-    entry = get_pretrained_saes_directory().get(release)
+    entry = pretrained_directory().get(release)
     if entry is None or entry.conversion_func != LOCAL_CONVERTER_NAME:
         return None
     root = Path(entry.repo_id)

@@ -3,7 +3,9 @@
 Served to SAELens under two names (see :mod:`saelens_gemmascope.directory.releases`): ``gemmascope``
 (JumpReLU SAEs, architecture ``jumprelu``) and ``gemmascope_transcoder`` (``jumprelu_transcoder``).
 Dimensions and hook names come from the manifest (width -> d_sae) and the model specs (site -> hook,
-d_in); nothing is guessed from substrings of the repo name.
+d_in): the registered ones (:func:`saelens_gemmascope.registry.registered_models`), so a plugin's
+model, or a plugin's corrected spec of a Gemma 2 model, is what a release is converted against;
+nothing is guessed from substrings of the repo name.
 
 Embedding SAEs: they were trained on Gemma's token embeddings before the sqrt(d_model) scale that
 TransformerLens folds into ``W_E`` (so ``hook_embed`` carries sqrt(d) times the training input).
@@ -45,7 +47,9 @@ from saelens_gemmascope.directory.sources import (
     root_key,
     source_roots,
 )
-from saelens_gemmascope.models.spec import ModelSpec
+from saelens_gemmascope.models.lookup import find_model_spec
+from saelens_gemmascope.models.spec import ModelSpec, UnknownNameError
+from saelens_gemmascope.registry import registered_models
 
 logger = logging.getLogger(__name__)
 
@@ -92,17 +96,13 @@ class LoadedParams:
     provenance: Provenance | None = None
 
 
-def _default_models() -> dict[str, ModelSpec]:
-    from saelens_gemmascope.models.gemma2 import gemma2_model_specs
-
-    return {spec.name: spec for spec in gemma2_model_specs()}
-
-
 class GemmaScopeConverter:
     """Converts Gemma Scope hub folders for SAELens, against a manifest and model specs.
 
     Tests build one over a tiny manifest and tiny model dimensions; the package uses
-    :func:`default_converter` (the shipped manifest, Gemma 2 specs, the user cache).
+    :func:`default_converter` (the shipped manifest, the registered model specs, the user cache). A
+    plugin can serve its own releases with one over its own manifest: ``models`` left out, the
+    registered specs (its own model's included) are read at each conversion.
     """
 
     def __init__(
@@ -122,10 +122,10 @@ class GemmaScopeConverter:
         return self._manifest
 
     @property
-    def models(self) -> dict[str, ModelSpec]:
-        if self._models is None:
-            self._models = _default_models()
-        return self._models
+    def models(self) -> Mapping[str, ModelSpec]:
+        """The given specs, else the registered ones (read each time, not kept: the converter is
+        made before the plugins finish loading, and lives as long as the process)."""
+        return self._models if self._models is not None else registered_models()
 
     def cache_path(self, repo_id: str, folder: str) -> Path:
         return converted_path(repo_id, folder, self._cache_dir or cache_root())
@@ -147,9 +147,10 @@ class GemmaScopeConverter:
             raise ValueError(
                 f"{repo_id}/{folder}: unknown width {width!r}; known: {', '.join(self.manifest.widths)}"
             )
-        model = self.models.get(release.model)
-        if model is None:
-            raise ValueError(f"{repo_id}: no model spec for {release.model!r}")
+        try:
+            model = find_model_spec(self.models, release.model)
+        except UnknownNameError as err:
+            raise ValueError(f"{repo_id}: no model spec for {release.model!r} ({err})") from None
         layer = None if match["embedding"] else int(match["layer"])
         site = EMBEDDING if layer is None else release.site
         hook = model.hook_point(site, layer)  # a transcoder also writes: hook.output
@@ -320,5 +321,5 @@ def adapt_state_dict(target: ConversionTarget, raw: Mapping[str, torch.Tensor]) 
 
 @cache
 def default_converter() -> GemmaScopeConverter:
-    """The package's converter: the shipped manifest, the Gemma 2 model specs, the user cache."""
+    """The package's converter: the shipped manifest, the registered model specs, the user cache."""
     return GemmaScopeConverter()

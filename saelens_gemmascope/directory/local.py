@@ -1,10 +1,14 @@
 """Serve a folder of Gemma Scope-layout exports through ``SAE.from_pretrained``.
 
-``register_local_release(root)`` adds one entry to SAELens's pretrained-SAE directory (the cached
-dict ``get_pretrained_saes_directory()`` returns) whose ``repo_id`` is the folder and whose
+``register_local_release(root)`` registers one release whose ``repo_id`` is the folder and whose
 converter, ``gemmascope_local``, reads ``params.npz`` and ``release.json`` from disk, and records
 the name in the persistent registry (:mod:`.local_registry`), from which importing the package
-registers it again in later processes.
+registers it again in later processes. The release goes through the plugin host's checks like any
+plugin's (:func:`saelens_gemmascope.registry.register_release`, as the plugin ``gemmascope.local``):
+a name another plugin registered is refused, naming both.
+
+An exported SAE whose model is registered (by a plugin) is checked against that model's spec when
+it loads: its site, layer and width must be the spec's, and a missing hook name is taken from it.
 
 Names are unique per folder: a folder is ``local/<folder name>`` (a training run's release folder,
 ``<run>/release/<model>-<site>``, is ``local/<run name>/<model>-<site>``) unless another folder
@@ -21,12 +25,10 @@ from typing import Any
 
 import torch
 from sae_lens import __version__ as sae_lens_version
-from sae_lens.loading.pretrained_sae_loaders import (
-    NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
-    NAMED_PRETRAINED_SAE_LOADERS,
-)
-from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup, get_pretrained_saes_directory
+from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
+from saelens_gemmascope.compat import pretrained_directory
+from saelens_gemmascope.contributions import Converter, Release
 from saelens_gemmascope.directory import local_registry
 from saelens_gemmascope.directory.layout import (
     RELEASE_FILE,
@@ -34,8 +36,13 @@ from saelens_gemmascope.directory.layout import (
     read_release_manifest,
 )
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
+from saelens_gemmascope.models.lookup import find_model_spec
+from saelens_gemmascope.models.spec import UnknownNameError
+from saelens_gemmascope.registry import forget_release, register_release, registered_models, registrations
 
 LOCAL_CONVERTER_NAME = "gemmascope_local"
+#: The plugin name local releases are registered under (what a clash with another plugin names).
+LOCAL_OWNER = "gemmascope.local"
 #: A training run writes its release folders as ``<run>/release/<model>-<site>``
 #: (:mod:`saelens_gemmascope.suite.export`); their names start with the run's folder name.
 SUITE_RELEASE_DIR = "release"
@@ -48,8 +55,34 @@ class LocalReleaseClashError(ValueError):
 def _entry(root: Path, folder_name: str) -> dict[str, Any]:
     for entry in read_release_manifest(root)["saes"]:
         if entry["path"] == folder_name:
-            return entry  # type: ignore[no-any-return]
+            return _checked_against_model(root, entry)
     raise ValueError(f"{root}: release.json has no SAE at {folder_name!r}")
+
+
+def _checked_against_model(root: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    """``entry``, checked against its model's registered spec (with the spec's hook name when the
+    export recorded none). An entry of a model no plugin registered, or without a site, is taken
+    as it is: the export is all there is to go by."""
+    model, site, layer = entry.get("model_name"), entry.get("site"), entry.get("layer")
+    if model is None or site is None:
+        return entry
+    try:
+        spec = find_model_spec(registered_models(), model)
+    except UnknownNameError:
+        return entry
+    where = f"{root}: SAE {entry['id']!r} was exported for {model!r} at site {site!r}, layer {layer}"
+    try:
+        hp = spec.hook_point(site, layer)
+    except (UnknownNameError, ValueError) as err:
+        raise ValueError(f"{where}, which the registered model does not have: {err}") from None
+    if entry["d_in"] != hp.d_in:
+        raise ValueError(f"{where}, but its d_in is {entry['d_in']} and that site is {hp.d_in} wide")
+    hook_name = entry.get("hook_name")
+    if hook_name is None:
+        return {**entry, "hook_name": hp.tl_hook}
+    if hook_name not in (hp.tl_hook, hp.bridge_hook):
+        raise ValueError(f"{where}, but it reads {hook_name!r} and that site is {hp.tl_hook!r}")
+    return entry
 
 
 def local_release_config(
@@ -105,16 +138,12 @@ def local_release_loader(
     return cfg, {k: v.to(device) for k, v in state.items()}, None
 
 
-def _ensure_converter() -> None:
-    for registry, function in (
-        (NAMED_PRETRAINED_SAE_LOADERS, local_release_loader),
-        (NAMED_PRETRAINED_SAE_CONFIG_GETTERS, local_release_config),
-    ):
-        existing = registry.get(LOCAL_CONVERTER_NAME)
-        if existing is None:
-            registry[LOCAL_CONVERTER_NAME] = function  # type: ignore[assignment]
-        elif existing is not function:
-            raise ValueError(f"another converter is already registered as {LOCAL_CONVERTER_NAME!r}")
+#: One object for every local release, so the host sees one converter, not a clash per release.
+LOCAL_CONVERTER = Converter(
+    name=LOCAL_CONVERTER_NAME,
+    loader=local_release_loader,  # type: ignore[arg-type]
+    config_getter=local_release_config,  # type: ignore[arg-type]
+)
 
 
 def _short_hash(folder: Path) -> str:
@@ -140,15 +169,32 @@ def _recorded(*, quiet: bool = False) -> dict[str, Path]:
         return {}
 
 
+#: How a holder that is not a local folder (a plugin's or SAELens's release) is named.
+_RELEASED = "the released "
+
+
+def _plugin_holder(name: str) -> str | None:
+    """Who holds ``name`` if a plugin other than the local releases registered it."""
+    found = registrations()
+    owner = found.owners.get(("releases", name))
+    if owner is None or owner == LOCAL_OWNER:
+        return None
+    return f"{_RELEASED}{found.releases[name].lookup.repo_id} of {found.plugins[owner].describe()}"
+
+
 def _holders(name: str) -> set[str]:
-    """Where ``name`` points now: this process's SAELens directory and the persistent registry."""
+    """Where ``name`` points now: the plugins' releases, this process's SAELens directory (local
+    releases, and SAELens's own releases) and the persistent registry."""
     holders = set()
-    existing = get_pretrained_saes_directory().get(name)
-    if existing is not None:
+    plugin_holder = _plugin_holder(name)
+    existing = pretrained_directory().get(name)
+    if plugin_holder is not None:
+        holders.add(plugin_holder)
+    elif existing is not None:
         holders.add(
             existing.repo_id
             if existing.conversion_func == LOCAL_CONVERTER_NAME
-            else f"the released {existing.repo_id}"
+            else f"{_RELEASED}{existing.repo_id}"
         )
     recorded = _recorded(quiet=True).get(name)
     if recorded is not None:
@@ -202,15 +248,20 @@ def register_local_release(
         raise _clash(name, others, root)
     if persist or (persist is None and release_name is None):
         _persist(name, root)
-    _ensure_converter()
-    get_pretrained_saes_directory()[name] = _lookup(name, root, manifest)
+    register_release(Release(lookup=_lookup(name, root, manifest), converter=LOCAL_CONVERTER), LOCAL_OWNER)
     return name
 
 
 def _clash(name: str, others: list[str], root: Path) -> LocalReleaseClashError:
+    # Only a local release's name can be freed; a plugin's or SAELens's release keeps its name.
+    free = (
+        f", or free the name with `gemmascope releases --remove {name}`"
+        if any(not other.startswith(_RELEASED) for other in others)
+        else ""
+    )
     return LocalReleaseClashError(
         f"release {name!r} is already registered for {' and '.join(others)}; cannot also register {root} "
-        f"under it: choose another release_name, or free the name with `gemmascope releases --remove {name}`"
+        f"under it: choose another release_name{free}"
     )
 
 
@@ -232,6 +283,12 @@ def register_recorded_releases() -> list[str]:
     A folder that disappeared is skipped silently (``gemmascope releases`` reports it); one whose
     manifest no longer validates, or whose name is now taken, is skipped with a one-line warning.
     """
+    try:
+        registrations()
+    except Exception:
+        # A plugin failed to load: the import has warned with the reason and applied nothing to
+        # SAELens, so local releases wait too (load_plugins raises the reason when called).
+        return []
     names = []
     for name, folder in _recorded().items():
         if not (folder / RELEASE_FILE).is_file():
@@ -276,8 +333,7 @@ def recorded_releases() -> list[RecordedRelease]:
 def remove_local_release(name: str) -> Path:
     """Forget ``name`` in the registry and in this process; the folder itself is left as it is."""
     folder = local_registry.forget_release(name)
-    directory = get_pretrained_saes_directory()
-    entry = directory.get(name)
+    entry = pretrained_directory().get(name)
     if entry is not None and entry.conversion_func == LOCAL_CONVERTER_NAME:
-        del directory[name]
+        forget_release(name, LOCAL_OWNER)
     return folder

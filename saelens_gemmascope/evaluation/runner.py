@@ -152,7 +152,7 @@ def _finish(tracked: _Tracked) -> SAEMetrics:
         layer=plan.layer,
         d_sae=int(item.sae.cfg.d_sae),
         hook_name=plan.read_hook,
-        hook_name_out=plan.write_hook if plan.site == "transcoder" else None,
+        hook_name_out=plan.hook_name_out,
         metrics=totals,  # type: ignore[arg-type]
         by_position={k: to_python(v) for k, v in tracked.overall.results().items()},  # type: ignore[misc]
         by_domain={

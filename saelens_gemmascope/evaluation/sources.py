@@ -33,11 +33,10 @@ SAESpec: TypeAlias = "EvalSAE | SAE[Any] | tuple[str, str] | str | Path"
 
 
 def _is_local_release(release: str) -> bool:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
+    from saelens_gemmascope.compat import pretrained_directory
     from saelens_gemmascope.directory.local import LOCAL_CONVERTER_NAME
 
-    entry = get_pretrained_saes_directory().get(release)
+    entry = pretrained_directory().get(release)
     return entry is not None and entry.conversion_func == LOCAL_CONVERTER_NAME
 
 
@@ -116,13 +115,12 @@ def expand_source(
             raise ValueError(f"{source}: neither a SAELens save folder nor a Gemma Scope export folder")
         return [p for p in saved if pattern is None or fnmatch.fnmatch(p.name, pattern)]
 
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
-
+    from saelens_gemmascope.compat import pretrained_directory
     from saelens_gemmascope.registry import registrations
 
     registrations()  # the releases and converters; a plugin that failed at import raises here
     release = _release_name(path if path.is_dir() else str(source))
-    entry = get_pretrained_saes_directory().get(release)
+    entry = pretrained_directory().get(release)
     if entry is None:
         raise ValueError(f"unknown release {release!r} (and no such folder)")
     known = list(entry.saes_map)

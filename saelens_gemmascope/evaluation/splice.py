@@ -12,6 +12,9 @@ Only the embedding site, which lies before every block, re-runs the full model.
   ``n_heads * d_head`` for the SAE unless it is in SAELens's ``hook_z`` reshaping mode.
 * transcoder (``cfg.metadata.hook_name_out`` set): reads ``ln2.hook_normalized`` and writes its
   output over ``hook_mlp_out``, the MLP output it replaces.
+
+The sites are those of the model's registered spec (:func:`~saelens_gemmascope.models.attach.model_spec_of`),
+so a plugin's model is evaluated at its own sites; the names above are Gemma 2's.
 """
 
 from __future__ import annotations
@@ -22,18 +25,15 @@ from typing import Any
 
 import torch
 
-from saelens_gemmascope.models.attach import gemma2_spec_of
-from saelens_gemmascope.models.spec import HookPoint
-
-#: Plain SAE sites (transcoders are located by both their hooks).
-_SAE_SITES = ("res", "mlp", "att", "embedding")
+from saelens_gemmascope.models.attach import model_spec_of, reads_heads
+from saelens_gemmascope.models.spec import HookPoint, ModelSpec
 
 
 @dataclass(frozen=True)
 class SplicePlan:
     """How one SAE is spliced into a model."""
 
-    site: str  # res | mlp | att | embedding | transcoder
+    site: str  # a site of the model's spec (Gemma 2: res, mlp, att, embedding, transcoder)
     layer: int | None
     read_hook: str
     write_hook: str
@@ -41,6 +41,11 @@ class SplicePlan:
     start_layer: int | None
     #: the write hook holds ``(batch, pos, head, d_head)``
     split_heads: bool
+
+    @property
+    def hook_name_out(self) -> str | None:
+        """Where the SAE writes when that is not where it reads (a transcoder), else None."""
+        return self.write_hook if self.write_hook != self.read_hook else None
 
     @property
     def start_hook(self) -> str | None:
@@ -55,47 +60,56 @@ class SplicePlan:
         return frozenset(hooks)
 
 
+def _hook_points(spec: ModelSpec) -> list[HookPoint]:
+    """Every site of ``spec`` at every layer."""
+    points = []
+    for name, site in spec.sites.items():
+        layers: list[int | None] = list(range(spec.n_layers)) if site.layered else [None]
+        points += [spec.hook_point(name, layer) for layer in layers]
+    return points
+
+
+def _start_layer(hp: HookPoint) -> int | None:
+    # The spliced pass may start at block L only when the write hook lies inside block L (after the
+    # hook_resid_pre it starts from); a site elsewhere (the embedding) re-runs the whole model.
+    if hp.layer is not None and hp.tl_hook.startswith(f"blocks.{hp.layer}."):
+        return hp.layer
+    return None
+
+
 def plan_splice(model: Any, sae: Any) -> SplicePlan:
     """Locate ``sae`` (by ``cfg.metadata.hook_name`` / ``hook_name_out``) among ``model``'s sites."""
-    spec = gemma2_spec_of(model)
+    spec = model_spec_of(model)
     meta = sae.cfg.metadata
     hook_in, hook_out = meta.hook_name, meta.hook_name_out
     if hook_in is None:
         raise ValueError("the SAE's cfg.metadata.hook_name is unset: cannot tell where it reads")
     if meta.hook_head_index is not None:
         raise ValueError(f"single-head SAEs (hook_head_index={meta.hook_head_index}) are not supported")
-
-    def sites_at(hook: str, names: tuple[str, ...]) -> list[HookPoint]:
-        points = []
-        for name in names:
-            layers = range(spec.n_layers) if spec.sites[name].layered else [None]
-            points += [spec.hook_point(name, layer) for layer in layers]
-        return [hp for hp in points if hp.tl_hook == hook]
-
+    points = [hp for hp in _hook_points(spec) if hp.tl_hook == hook_in]
     if hook_out is None:
-        matches = sites_at(hook_in, _SAE_SITES)
+        # A plain SAE reads and writes one site; a transcoder's input site is not one.
+        matches = [hp for hp in points if hp.output is None]
         if not matches:
-            raise ValueError(f"{hook_in!r} is not a Gemma Scope site of {spec.name!r}")
-        site, layer, d_in = matches[0].site, matches[0].layer, matches[0].d_in
-        write = hook_in
+            raise ValueError(f"{hook_in!r} is not a site of {spec.name!r} (sites: {', '.join(spec.sites)})")
+        read, write = matches[0], hook_in
     else:
-        ins = [hp for hp in sites_at(hook_in, ("transcoder",)) if hp.output and hp.output.tl_hook == hook_out]
-        if not ins:
+        matches = [hp for hp in points if hp.output is not None and hp.output.tl_hook == hook_out]
+        if not matches:
             raise ValueError(
                 f"a transcoder must read and write the transcoder site of one layer; got "
                 f"{hook_in!r} -> {hook_out!r}"
             )
-        site, layer, d_in = "transcoder", ins[0].layer, ins[0].d_in
-        write = hook_out
-    if sae.cfg.d_in != d_in:
-        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook_in!r} has width {d_in}")
+        read, write = matches[0], hook_out
+    if sae.cfg.d_in != read.d_in:
+        raise ValueError(f"the SAE has d_in={sae.cfg.d_in} but {hook_in!r} has width {read.d_in}")
     return SplicePlan(
-        site=site,
-        layer=layer,
+        site=read.site,
+        layer=read.layer,
         read_hook=hook_in,
         write_hook=write,
-        start_layer=layer,
-        split_heads=site == "att",
+        start_layer=_start_layer(read),
+        split_heads=reads_heads(read),
     )
 
 

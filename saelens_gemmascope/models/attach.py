@@ -10,8 +10,10 @@ SAELens's ``hook_z`` reshaping mode or not) and ``embedding``, and transcoders (
 ``jumprelu_transcoder``; ``jumprelu_skip_transcoder`` with its affine skip) at ``transcoder``, which
 read the MLP input and replace the MLP output.
 
-Sites come from :func:`saelens_gemmascope.models.gemma2.gemma2_sites`, sized by the model's own
-config, so any Gemma 2 (real, random or tiny) works without a registry lookup.
+Sites come from the registered model spec (:func:`model_spec_of`: the spec named like the model, or
+the first one of its dimensions, so a plugin's model gets its own sites), and only when no
+registered spec fits from :func:`saelens_gemmascope.models.gemma2.gemma2_sites` sized by the model's
+own config, so any Gemma 2 (real, random or tiny) still works.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_spec
+from saelens_gemmascope.models.lookup import find_spec_for_model
 from saelens_gemmascope.models.spec import HookPoint, ModelSpec
+from saelens_gemmascope.registry import registered_models
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +52,17 @@ def model_kind(model: Any) -> ModelKind:
     )
 
 
+def model_spec_of(model: Any) -> ModelSpec:
+    """The spec whose sites ``model`` is read and spliced at: the registered one that fits its name
+    and dimensions (:func:`~saelens_gemmascope.models.lookup.find_spec_for_model`), else the Gemma 2
+    layout inferred from its config (:func:`gemma2_spec_of`)."""
+    inferred = gemma2_spec_of(model)
+    return find_spec_for_model(registered_models(), inferred) or inferred
+
+
 def gemma2_spec_of(model: Any) -> ModelSpec:
-    """The Gemma 2 site layout of ``model``, sized from its own config."""
+    """The Gemma 2 site layout of ``model``, sized from its own config (the fallback of
+    :func:`model_spec_of` for a model no plugin registered)."""
     if model_kind(model) == "hf":
         c = model.config
         dims = Gemma2Dims(
@@ -78,6 +91,12 @@ def gemma2_spec_of(model: Any) -> ModelSpec:
 
 
 # -- the SAE applied to one site's tensor ---------------------------------------------------------
+
+
+def reads_heads(hp: HookPoint) -> bool:
+    """The site reads attention heads' outputs (``attn.hook_z``: ``(batch, pos, head, d_head)`` in
+    TransformerLens): Gemma Scope's ``att``, or a plugin's site of another name at the same hook."""
+    return hp.tl_hook.endswith("attn.hook_z")
 
 
 def is_transcoder(sae: SAE[Any]) -> bool:
@@ -170,7 +189,7 @@ def _splice_hf(hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool
     n_heads = hf_model.config.num_attention_heads
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        if hp.site == "att":
+        if reads_heads(hp):
             return _reconstruct_heads(sae, x, n_heads, split=False, use_error_term=use_error_term)
         return _reconstruct(sae, x, use_error_term)
 
@@ -181,6 +200,7 @@ def _splice_hf_transcoder(
     hf_model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: bool
 ) -> Callable[[], None]:
     """Read the transcoder's input at ``hp``, write its output over ``hp.output`` (same layer, later)."""
+    from saelens_gemmascope.compat import wrapper_has_input
     from saelens_gemmascope.models.splice_wrapper import splice_wrapper
 
     assert hp.output is not None
@@ -190,7 +210,7 @@ def _splice_hf_transcoder(
         wrapper.capture_input(_site_tensor(hp, module, args, output))
 
     def apply(x: torch.Tensor) -> torch.Tensor:
-        if wrapper._captured_input is None:
+        if not wrapper_has_input(wrapper):
             raise RuntimeError(f"the transcoder's input ({hp.hf_module}) did not run before its output")
         return wrapper(x).to(x.dtype)
 
@@ -274,7 +294,7 @@ def _splice_hooked(model: Any, sae: SAE[Any], hp: HookPoint, use_error_term: boo
         raise TypeError("Attach SAEs to a sae_lens.HookedSAETransformer, not a plain HookedTransformer")
     # hook_z is (batch, pos, head, d_head): an att SAE saved with reshape_activations='none' (a
     # training save, an older export) is switched to SAELens's hook_z mode while attached.
-    switch_hook_z = hp.site == "att" and not getattr(sae, "hook_z_reshaping_mode", False)
+    switch_hook_z = reads_heads(hp) and not getattr(sae, "hook_z_reshaping_mode", False)
     if switch_hook_z:
         sae.turn_on_forward_pass_hook_z_reshaping()
     try:
@@ -362,7 +382,7 @@ _TRANSCODER_SPLICERS = {"hooked": _splice_hooked, "bridge": _splice_bridge, "hf"
 def _check_width(sae: SAE[Any], field: str, hp: HookPoint, site: str) -> None:
     width = getattr(sae.cfg, field)
     if width != hp.d_in:
-        raise ValueError(f"The SAE has {field}={width} but site {site!r} of this model has width {hp.d_in}")
+        raise ValueError(f"The SAE has {field}={width} but site {site!r} of {hp.model!r} has width {hp.d_in}")
 
 
 def _names(hp: HookPoint, kind: ModelKind) -> set[str]:
@@ -394,9 +414,10 @@ def attach_sae(
     ``use_error_term=True`` adds back the SAE's error, so the output is unchanged while the SAE's
     hooks still fire. If ``sae.cfg.metadata.hook_name`` (a transcoder's ``hook_name_out`` too) is
     unset it is set to the site's TransformerLens hook name (SAELens attaches by that name); if set,
-    it must match.
+    it must match. Sites and widths are those of the registered spec of ``model``
+    (:func:`model_spec_of`), so a plugin's model is attached at its own sites.
     """
-    hp = gemma2_spec_of(model).hook_point(site, layer)
+    hp = model_spec_of(model).hook_point(site, layer)
     kind = model_kind(model)
     if is_transcoder(sae):
         _prepare_transcoder(sae, hp, kind, site)

@@ -19,6 +19,31 @@ def find_model_spec(specs: Mapping[str, ModelSpec], model: str) -> ModelSpec:
     raise UnknownNameError(unknown_name_message("model", model, names))
 
 
+#: The dimensions that fix every site's layers and widths: what a loaded model must share with a spec
+#: for the spec to describe it.
+SHAPE_FIELDS = ("d_model", "n_layers", "n_heads", "d_head", "d_mlp")
+
+
+def same_shape(spec: ModelSpec, other: ModelSpec) -> bool:
+    return all(getattr(spec, name) == getattr(other, name) for name in SHAPE_FIELDS)
+
+
+def find_spec_for_model(specs: Mapping[str, ModelSpec], inferred: ModelSpec) -> ModelSpec | None:
+    """The spec among ``specs`` describing a loaded model, given what its own config says
+    (``inferred``: its name and dimensions): the spec of that name or alias if the dimensions agree,
+    else the first spec (in registration order) of the same dimensions; None when no spec fits.
+
+    A name alone is not trusted: a small model saved as ``gemma-2-2b`` must not get 2b's widths.
+    """
+    try:
+        named: ModelSpec | None = find_model_spec(specs, inferred.name)
+    except UnknownNameError:
+        named = None
+    if named is not None and same_shape(named, inferred):
+        return named
+    return next((spec for spec in specs.values() if same_shape(spec, inferred)), None)
+
+
 def find_hook_point(
     specs: Mapping[str, ModelSpec], model: str, site: str, layer: int | None = None
 ) -> HookPoint:

@@ -9,6 +9,23 @@ learning-rate warm-up, clipping and the input scale ``C``, and calls the SAE's t
 What it saves for inference is a plain SAELens ``jumprelu`` SAE: the inference registry entry for
 ``jumprelu_gemmascope`` is SAELens's own ``JumpReLUSAE``/``JumpReLUSAEConfig``, whose config writes
 ``architecture: jumprelu``, so the saved folder loads without this package.
+
+Relation to SAELens's ``JumpReLUTrainingSAE`` (``sae_lens/saes/jumprelu_sae.py``): the straight-through
+estimators are SAELens's own (:mod:`~saelens_gemmascope.recipe.estimators`) and a dense step computes
+the same losses and gradients as a ``JumpReLUTrainingSAE`` with ``jumprelu_sparsity_loss_mode="step"``,
+``jumprelu_ste_to_input=False``, no pre-activation loss and the same ε and λ
+(``tests/recipe/test_differential.py``). The class does not subclass it, which would fight it: its
+config would bring the tanh/quadratic/pre-activation-loss options into a recipe SAE's config; its θ
+is always a ``threshold`` parameter created in ``__init__`` and used by its forward, loss, fold and
+projection, while the recipe may train ``log_threshold`` instead (and SAELens's loader turns a saved
+``log_threshold`` into ``threshold``, which would break resuming such a run); and it casts θ to the
+pre-activations' dtype before comparing, where this class compares in float32 (see below). What
+would be inherited (the L0 coefficient, ``b_enc``'s init) is a few lines.
+
+θ's precision follows SAELens 6.54: θ (or log θ) is stored in float32 whatever the SAE's dtype, since
+Adam's steps of about η on θ round away in bf16, and stays so through ``.to()``/``.half()``. Unlike
+SAELens, a float64 SAE keeps a float64 θ (float32 is a floor, not a ceiling), and θ is not cast down
+to a bf16 pre-activation's dtype for the estimators' comparisons.
 """
 
 from __future__ import annotations
@@ -38,6 +55,9 @@ from saelens_gemmascope.recipe.sparse_step import (
 )
 
 ARCHITECTURE_NAME = "jumprelu_gemmascope"
+
+#: The parameters that hold θ (one of them per SAE, by ``threshold_parametrisation``).
+THRESHOLD_PARAMETER_NAMES = ("threshold", "log_threshold")
 
 ThresholdParametrisation = Literal["direct", "log"]
 InputScaling = Literal["unit_mean_squared_norm", "none"]
@@ -142,12 +162,35 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         super().initialize_weights()
         self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae, dtype=self.dtype, device=self.device))
         init = torch.full(
-            (self.cfg.d_sae,), self.cfg.jumprelu_init_threshold, dtype=self.dtype, device=self.device
+            (self.cfg.d_sae,),
+            self.cfg.jumprelu_init_threshold,
+            dtype=threshold_storage_dtype(self.dtype),
+            device=self.device,
         )
         if self.cfg.threshold_parametrisation == "log":
             self.log_threshold = nn.Parameter(init.log())
         else:
             self.threshold = nn.Parameter(init)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GemmaScopeTrainingSAE:
+        # nn.Module.to()/.half()/.bfloat16() cast every floating parameter, and SAELens's load paths
+        # call .to(cfg.dtype): keep θ at float32 or wider, restored from its values before the cast
+        # rather than widened back from bf16 (which would keep the bf16 rounding).
+        before = {
+            name: param.data
+            for name, param in self._parameters.items()
+            if name in THRESHOLD_PARAMETER_NAMES and param is not None
+        }
+        out = super()._apply(fn, recurse)
+        for name, old in before.items():
+            param = self._parameters[name]
+            assert param is not None
+            wanted = threshold_storage_dtype(param.dtype)
+            if param.dtype != wanted:
+                param.data = old.to(device=param.device, dtype=wanted)
+                if param.grad is not None:
+                    param.grad = param.grad.to(wanted)
+        return out
 
     @property
     def threshold_values(self) -> torch.Tensor:
@@ -169,7 +212,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         return sae_in, self.hook_sae_acts_pre(sae_in @ self.W_enc + self.b_enc)
 
     def _activate(self, hidden_pre: torch.Tensor) -> torch.Tensor:
-        threshold = self.threshold_values.to(hidden_pre.dtype)
+        # θ as stored (float32 or wider), not cast to hidden_pre's dtype: see the estimators module.
+        threshold = self.threshold_values
         return self.hook_sae_acts_post(jumprelu(hidden_pre, threshold, self.cfg.jumprelu_bandwidth))
 
     def calculate_aux_loss(
@@ -179,7 +223,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         hidden_pre: torch.Tensor,
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
-        threshold = self.threshold_values.to(hidden_pre.dtype)
+        threshold = self.threshold_values
         l0 = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
         return {"l0_loss": self._l0_loss(step_input, l0)}
 
@@ -228,7 +272,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         # The encoder as encode_with_hidden_pre computes it (autocast included). Its graph is only
         # walked by the dense rest; the sparse rest computes the encoder's gradients itself.
         sae_in, hidden_pre = self._encoder_product(step_input.sae_in)
-        threshold = self.threshold_values.to(hidden_pre.dtype)
+        # θ as stored, as in _activate: both paths compare in (at least) float32.
+        threshold = self.threshold_values
         entries = None
         if blocker is None:
             with torch.no_grad():
@@ -320,7 +365,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             self.cfg.apply_b_dec_to_input = False
         self.b_enc.mul_(scale)
         self.b_dec.mul_(scale)
-        self._scale_threshold(torch.full_like(self.b_enc, scale))
+        # The factor in θ's (float32 or wider) dtype, not rounded to a bf16 b_enc's.
+        self._scale_threshold(torch.full_like(self.threshold_values, scale))
         self.cfg.normalize_activations = "none"
         # Provenance only: the folded weights no longer need C.
         self.cfg.metadata.gemmascope_input_scale = scale
@@ -348,3 +394,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
         self.process_state_dict_for_saving_inference(state_dict)
         return state_dict
+
+
+def threshold_storage_dtype(parameter_dtype: torch.dtype) -> torch.dtype:
+    """θ's dtype for an SAE whose other parameters are ``parameter_dtype``: that or float32, the wider."""
+    return torch.promote_types(parameter_dtype, torch.float32)

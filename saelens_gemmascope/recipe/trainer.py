@@ -2,8 +2,10 @@
 
 SAELens's ``SAETrainer`` hard-codes three things the recipe does differently: it clips every
 gradient to norm 1, its warm-up is linear from η/W, and it gives the SAE no hook around the
-optimiser step. It has no seam for any of them, so :class:`GemmaScopeSAETrainer` subclasses it and
-overrides ``_train_step`` (the one place they happen) plus the optimiser and scheduler it builds.
+optimiser step. It has no public seam for any of them, so :class:`GemmaScopeSAETrainer` subclasses it
+(through :class:`saelens_gemmascope.compat.SAETrainerSeams`, which gives SAELens's private train
+step the public name ``train_step``) and overrides ``train_step`` (the one place they happen) plus
+the optimiser and scheduler it builds.
 Everything else (coefficient schedulers, sparsity tracking, logging, checkpoints, resume) is
 SAELens's. SAEs of other architectures get SAELens's behaviour unchanged, except for the guard
 against non-finite values (:mod:`~saelens_gemmascope.recipe.finite_guard`), which every SAE gets:
@@ -24,14 +26,21 @@ from typing import Any, Protocol
 
 import torch
 from sae_lens.config import SAETrainerConfig
-from sae_lens.saes.sae import TrainingSAE, TrainStepInput, TrainStepOutput
-from sae_lens.training.multi_sae_trainer import MultiSAEEvaluatorProtocol, MultiSAETrainer
+from sae_lens.saes.sae import TrainingSAE, TrainStepOutput
+from sae_lens.training.multi_sae_trainer import MultiSAEEvaluatorProtocol
 from sae_lens.training.optim import get_lr_scheduler
-from sae_lens.training.sae_trainer import Evaluator, SAETrainer, SaveCheckpointFn
+from sae_lens.training.sae_trainer import Evaluator, SaveCheckpointFn
 from sae_lens.training.types import DataProvider, MultiHookDataProvider
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LRScheduler
 
+from saelens_gemmascope.compat import (
+    MultiSAETrainerSeams,
+    SAETrainerSeams,
+    record_firing,
+    step_schedulers,
+    train_step_input,
+)
 from saelens_gemmascope.progress import ProgressTask, loss_note, step_losses, training_progress
 from saelens_gemmascope.recipe.device_audit import audit_devices, batch_tensors, named_training_tensors
 from saelens_gemmascope.recipe.finite_guard import (
@@ -157,7 +166,7 @@ def _naming_hooks(hooks: list[str]) -> Iterator[None]:
         raise ValueError(f"estimating the input scale of hook(s) {', '.join(hooks)}: {error}") from error
 
 
-class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
+class GemmaScopeSAETrainer(SAETrainerSeams):
     """``SAETrainer`` that trains ``jumprelu_gemmascope`` SAEs with the exact recipe.
 
     ``collectives`` (set by a data-parallel runner) averages the gradients over the ranks after
@@ -244,10 +253,10 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         self.raise_if_nonfinite(weights=True)
         return sae
 
-    def _checkpoint_if_needed(self) -> None:
+    def checkpoint_if_needed(self) -> None:
         if self.n_training_steps % CHECK_EVERY == 0:
             self.raise_if_nonfinite(weights=False)
-        super()._checkpoint_if_needed()
+        super().checkpoint_if_needed()
 
     def save_checkpoint(
         self,
@@ -274,24 +283,18 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             self.n_training_samples += batch.shape[0] * (self.collectives.world_size - 1)
         return output
 
-    def _train_step(self, sae: TrainingSAE[Any], sae_in: torch.Tensor) -> TrainStepOutput:
+    def train_step(self, sae: TrainingSAE[Any], sae_in: torch.Tensor) -> TrainStepOutput:
+        """SAELens's train step with the recipe's order: backward, (data parallel: average the
+        gradients), the SAE's pre-step hook, the recipe's clipping, Adam, the post-step hook."""
         if self.recipe is None:
-            return super()._train_step(sae, sae_in)
+            return super().train_step(sae, sae_in)
         assert isinstance(sae, GemmaScopeTrainingSAE)
         if not self._audited:  # before any arithmetic, so the error names the tensor
             audit_devices(self.cfg.device, [*named_training_tensors(self), *batch_tensors(sae_in)])
         sae.train()
         with self.autocast_if_enabled:
-            output = sae.training_forward_pass(
-                step_input=TrainStepInput(
-                    sae_in=sae_in,
-                    dead_neuron_mask=self.dead_neurons,
-                    coefficients=self.get_coefficients(),
-                    n_training_steps=self.n_training_steps,
-                    is_logging_step=self._is_logging_step(),
-                )
-            )
-            self._record_firing(output.feature_acts)
+            output = sae.training_forward_pass(step_input=train_step_input(self, sae_in))
+            record_firing(self, output.feature_acts)
         output.loss.backward()
         if self.collectives is not None:
             self.collectives.average_gradients(sae)
@@ -304,9 +307,7 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
             self._audited = True
         self.optimizer.zero_grad()
         sae.after_optimizer_step()
-        self.lr_scheduler.step()
-        for scheduler in self.coefficient_schedulers.values():
-            scheduler.step()
+        step_schedulers(self)
         return output
 
     def load_trainer_state(self, checkpoint_path: Path | str) -> None:
@@ -319,26 +320,15 @@ class GemmaScopeSAETrainer(SAETrainer[Any, Any]):
         self.checkpoint_thresholds = pending_thresholds(self.checkpoint_thresholds, self.n_training_samples)
 
     @torch.no_grad()
-    def _update_pbar(
+    def update_pbar(
         self, step_output: TrainStepOutput, pbar: ProgressTask, update_interval: int = 100
     ) -> None:
         # Every step reports; the display redraws by time, and reads the loss only then (a host sync).
         step = self.n_training_steps
         pbar.update(self.n_training_samples, note=lambda: loss_note(step, step_losses(step_output)))
 
-    @torch.no_grad()
-    def _record_firing(self, feature_acts: torch.Tensor) -> None:
-        # The same dead-latent and firing-frequency bookkeeping as SAELens's step.
-        fired = feature_acts.bool().float()
-        did_fire = fired.sum(-2).bool()
-        self.n_forward_passes_since_fired += 1
-        self.n_forward_passes_since_fired[did_fire] = 0
-        self.act_freq_scores += fired.sum(0)
-        # The rows this step saw (a data-parallel rank sees its share of the batch).
-        self.n_frac_active_samples += fired.shape[0]
 
-
-class GemmaScopeMultiSAETrainer(MultiSAETrainer):
+class GemmaScopeMultiSAETrainer(MultiSAETrainerSeams):
     """``MultiSAETrainer`` whose per-SAE trainers are :class:`GemmaScopeSAETrainer`.
 
     ``collectives`` makes it one rank of a data-parallel job: gradients averaged after every
@@ -450,10 +440,10 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
                 training_stopped_message(faults, self.n_training_steps, self.last_checkpoint)
             )
 
-    def _checkpoint_if_needed(self) -> None:
+    def checkpoint_if_needed(self) -> None:
         if self.n_training_steps % CHECK_EVERY == 0:
             self.raise_if_nonfinite(weights=False)
-        super()._checkpoint_if_needed()
+        super().checkpoint_if_needed()
 
     def save_checkpoint(self, checkpoint_name: str, wandb_aliases: list[str] | None = None) -> None:
         # Every SAE and the stream's drawn activations are checked before any file is written, so
@@ -464,7 +454,7 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainer):
             self.last_checkpoint = str(Path(self.cfg.checkpoint_path) / checkpoint_name)
 
     @torch.no_grad()
-    def _update_pbar(
+    def update_pbar(
         self, step_outputs: dict[str, TrainStepOutput], pbar: ProgressTask, update_interval: int = 100
     ) -> None:
         # One short line for a whole ladder; every step reports, the display redraws by time and

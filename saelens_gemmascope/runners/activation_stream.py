@@ -40,6 +40,8 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.prefetch import PrefetchingIterator
 from safetensors.torch import load_file, save_file
 
+from saelens_gemmascope.compat import filtered_multi_hook_llm_batch
+
 #: The stream's state in a checkpoint folder, written atomically after SAELens's files (then only
 #: the checkpoint's manifest, :data:`saelens_gemmascope.runners.checkpoints.MANIFEST_FILENAME`,
 #: which marks the checkpoint complete; older checkpoints of this package are marked by this file).
@@ -113,11 +115,12 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
     """Mixed training batches (per hook) from a SAELens ``ActivationsStore``, each with its position.
 
     Works on a multi-hook store (``ActivationsStore.from_config_multi_hook``, the multi-SAE
-    runner's) or, with ``single_hook``, on a single-hook one (live or cached activations). It
-    calls two protected store methods, because SAELens exposes no public way to draw one unmixed
-    LLM batch: ``_get_filtered_multi_hook_llm_batch`` (one forward pass, every hook, special
-    tokens dropped) and, for replay, ``get_batch_tokens`` with the same epoch flag, which is all
-    of the token stream that batch moved.
+    runner's) or, with ``single_hook``, on a single-hook one (live or cached activations). One
+    unmixed LLM batch is the store's public ``get_filtered_llm_batch`` (single hook) or
+    :func:`saelens_gemmascope.compat.filtered_multi_hook_llm_batch` (every hook, one forward pass,
+    special tokens dropped: SAELens's private method of that name, re-stated from the store's public
+    ``get_batch_tokens`` and ``get_multi_hook_activations``). Replay calls ``get_batch_tokens`` with
+    the same epoch flag, which is all of the token stream that batch moved.
     """
 
     def __init__(
@@ -187,7 +190,7 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
             return {
                 self.single_hook: self.store.get_filtered_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
             }
-        return self.store._get_filtered_multi_hook_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
+        return filtered_multi_hook_llm_batch(self.store, raise_on_epoch_end=raise_on_epoch_end)
 
     def _skip_llm_batch(self, raise_on_epoch_end: bool) -> None:
         if self.store.cached_activation_dataset is not None:

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sae_lens.constants import RUNNER_CFG_FILENAME
 
 from saelens_gemmascope.runners.activation_stream import STREAM_STATE_FILENAME, StreamPosition
 
 #: This package's completeness marker, written last: every other file of the checkpoint with its size.
 MANIFEST_FILENAME = "gemmascope_checkpoint.json"
 _MANIFEST_FORMAT = "saelens-gemmascope/checkpoint/1"
-RUNNER_CFG_FILENAME = "runner_cfg.json"  # SAELens's
 #: What marks a complete checkpoint, most exact first (see the module docstring).
 COMPLETENESS_MARKERS = (MANIFEST_FILENAME, STREAM_STATE_FILENAME, RUNNER_CFG_FILENAME)
 _CHECKPOINT_NAME = re.compile(r"^(?:final_)?(\d+)$")

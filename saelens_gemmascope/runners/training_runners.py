@@ -1,9 +1,9 @@
 """SAELens's two training runners, driving the recipe's trainers, with exact resume.
 
 Both SAELens runners build their trainer inline in ``run()`` (no factory argument or method), so
-these subclasses override ``run()`` with the same sequence (metadata, wandb (offline when
-unreachable: training.wandb_logging), data provider, resume, train with interruption handling,
-final save) and change two things: the trainer class, and the data provider, which is
+these subclasses override ``run()`` with SAELens's sequence, re-stated in :mod:`saelens_gemmascope.compat`
+(metadata, wandb (offline when unreachable: runners.wandb_logging), resume, train, final save), and
+change three things: the trainer class, the fit (interruption handling), and the data provider, which is
 :class:`~saelens_gemmascope.runners.activation_stream.ResumableActivationStream` instead of
 SAELens's mixing-buffer iterator, so that each checkpoint also saves the stream's exact position
 and ``resume_from_checkpoint`` continues with the very batches an uninterrupted run would have
@@ -46,6 +46,11 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunner
 from sae_lens.saes.sae import TrainingSAE
 from sae_lens.training.activations_store import ActivationsStore
 
+from saelens_gemmascope.compat import (
+    run_language_model_runner,
+    run_multi_sae_runner,
+    save_multi_runner_checkpoint_files,
+)
 from saelens_gemmascope.distributed.collectives import Collectives, GatheredBatches, owned_names
 from saelens_gemmascope.distributed.spec import DistributedSpec
 from saelens_gemmascope.recipe.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
@@ -153,9 +158,8 @@ def _check_resume(cfg: Any) -> None:
 class InterruptibleSAETrainer(GemmaScopeSAETrainer):
     """:class:`GemmaScopeSAETrainer` that stops before a step once its ``watch`` saw a signal.
 
-    ``maybe_reset_sparsity`` is the first thing SAELens's ``fit`` loop does for each step (for
-    the multi-SAE trainer too, through ``_maybe_log_sparsity``), when the last step is complete
-    (counted, checkpointed) and the next one has drawn nothing yet.
+    ``maybe_reset_sparsity`` is the first thing SAELens's ``fit`` loop does for each step, when the
+    last step is complete (counted, checkpointed) and the next one has drawn nothing yet.
     """
 
     watch: InterruptWatch | None = None
@@ -168,14 +172,14 @@ class InterruptibleSAETrainer(GemmaScopeSAETrainer):
 
 class InterruptibleMultiSAETrainer(GemmaScopeMultiSAETrainer):
     """:class:`GemmaScopeMultiSAETrainer` that stops before a step once its ``watch`` saw a signal
-    (``_maybe_log_sparsity`` opens each step of SAELens's loop; ``final=True`` comes after the last)."""
+    (``maybe_log_sparsity`` opens each step of SAELens's loop; ``final=True`` comes after the last)."""
 
     watch: InterruptWatch | None = None
 
-    def _maybe_log_sparsity(self, final: bool = False) -> None:
+    def maybe_log_sparsity(self, final: bool = False) -> None:
         if not final and self.watch is not None:
             self.watch.stop_at_step_boundary()
-        super()._maybe_log_sparsity(final)
+        super().maybe_log_sparsity(final)
 
 
 def _save_interrupt_checkpoint(trainer: Any, checkpoint_path: str | None) -> str:
@@ -251,42 +255,26 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
             super().__init__(cfg, dataset, model, override_sae)
 
     def run(self) -> TrainingSAE[Any]:
-        self._set_sae_metadata()
         with InterruptWatch() as watch:
             sae = self._train(watch)
             _stop_if_signalled(watch, self.cfg.output_path)
         return sae
 
     def _train(self, watch: InterruptWatch) -> TrainingSAE[Any]:
-        wandb_run = start_wandb(self.cfg)
         hook = self.cfg.hook_name
         stream, self._exact_position = _open_stream(self.activations_store, self.cfg, single_hook=hook)
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches, select=hook)
-        try:
-            trainer = InterruptibleSAETrainer(
-                cfg=self.cfg.to_sae_trainer_config(),
-                sae=self.sae,
-                data_provider=self._batches,
-                evaluator=self.evaluator,
-                save_checkpoint_fn=self.save_checkpoint,
-            )
+
+        def fit(trainer: InterruptibleSAETrainer) -> TrainingSAE[Any]:
             trainer.watch = watch
             self.trainer = trainer
-            if self.cfg.resume_from_checkpoint is not None:
-                logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-                with weights_only_loads():
-                    trainer.load_trainer_state(self.cfg.resume_from_checkpoint)
-                self.sae.load_weights_from_checkpoint(self.cfg.resume_from_checkpoint)
-            self._compile_sae_if_needed()
-            sae = _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
-            if self.cfg.output_path is not None:
-                self.save_final_sae(
-                    sae=sae,
-                    output_path=self.cfg.output_path,
-                    log_feature_sparsity=trainer.log_feature_sparsity,
-                )
-            finish_wandb(self.cfg, wandb_run)
-            return sae
+            return _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
+
+        try:
+            return run_language_model_runner(
+                self, trainer_class=InterruptibleSAETrainer, data_provider=self._batches, fit=fit,
+                start_logging=start_wandb, finish_logging=finish_wandb, state_loads=weights_only_loads,
+            )  # fmt: skip
         finally:
             _close(self._batches)
 
@@ -337,7 +325,6 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         self.saes = {name: sae for name, sae in self.saes.items() if name in owned}
 
     def run(self) -> dict[str, TrainingSAE[Any]]:
-        self._set_sae_metadata()
         # Under torchrun the ranks agree on every stop check, so that they all stop after one step.
         gather = self.collectives.gather_objects if self.collectives.active else None
         with InterruptWatch(gather) as watch:
@@ -346,7 +333,6 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         return saes
 
     def _train(self, watch: InterruptWatch) -> dict[str, TrainingSAE[Any]]:
-        wandb_run = start_wandb(self.cfg)
         distributed = self.distributed
         stream, self._exact_position = _open_stream(self.activations_store, self.cfg, distributed=distributed)
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches)
@@ -355,32 +341,31 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         if data_parallel:
             for sae in self.saes.values():  # the same seed made them equal; this makes sure
                 self.collectives.broadcast_parameters(sae)
-        try:
-            trainer = InterruptibleMultiSAETrainer(
-                cfg=self.cfg.to_sae_trainer_config(),
-                saes=self.saes,
-                hook_names={name: self.cfg.hook_names_per_sae[name] for name in self.saes},
-                data_provider=GatheredBatches(self._batches, self.collectives) if sharded else self._batches,
-                evaluator=self.evaluator,
-                save_checkpoint_fn=self._save_runner_checkpoint_files,
-                collectives=self.collectives if data_parallel else None,
-            )
+
+        def fit(trainer: InterruptibleMultiSAETrainer) -> dict[str, TrainingSAE[Any]]:
             trainer.watch = watch
             self.trainer = trainer
-            if self.cfg.resume_from_checkpoint is not None:
-                logger.info(f"Resuming from checkpoint: {self.cfg.resume_from_checkpoint}")
-                with weights_only_loads():
-                    trainer.load_checkpoint(self.cfg.resume_from_checkpoint)
-            saes = _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
-            # Data parallel: the replicas are equal, the main rank saves them. SAE-sharded: each
-            # rank saves the SAEs it trained.
-            if self.cfg.output_path is not None and (not data_parallel or self.collectives.is_main):
-                self._save_final_outputs(saes, trainer)
-            finish_wandb(self.cfg, wandb_run)
-            return saes
+            return _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
+
+        try:
+            return run_multi_sae_runner(
+                self,
+                trainer_class=InterruptibleMultiSAETrainer,
+                data_provider=GatheredBatches(self._batches, self.collectives) if sharded else self._batches,
+                fit=fit,
+                start_logging=start_wandb,
+                finish_logging=finish_wandb,
+                save_checkpoint_fn=self.save_checkpoint_files,
+                state_loads=weights_only_loads,
+                # Data parallel: the replicas are equal, the main rank saves them. SAE-sharded: each
+                # rank saves the SAEs it trained.
+                save_final=not data_parallel or self.collectives.is_main,
+                trainer_kwargs={"collectives": self.collectives if data_parallel else None},
+            )
         finally:
             _close(self._batches)
 
-    def _save_runner_checkpoint_files(self, checkpoint_path: Path | None) -> None:
-        super()._save_runner_checkpoint_files(checkpoint_path)
+    def save_checkpoint_files(self, checkpoint_path: Path | None) -> None:
+        """The runner's files in a checkpoint: SAELens's, then the stream position and the manifest."""
+        save_multi_runner_checkpoint_files(self, checkpoint_path)
         _finish_checkpoint(self._batches, self._exact_position, checkpoint_path)

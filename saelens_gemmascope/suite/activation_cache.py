@@ -12,9 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sae_lens.cache_activations_runner import CacheActivationsRunner, _mk_activations_store
+from sae_lens.cache_activations_runner import CacheActivationsRunner
 from sae_lens.config import CacheActivationsRunnerConfig
 
+from saelens_gemmascope.compat import init_cache_activations_runner
 from saelens_gemmascope.suite.checks import cache_bytes
 from saelens_gemmascope.suite.configs import PresetSAE
 
@@ -23,23 +24,13 @@ class CacheActivationsRunnerWithModel(CacheActivationsRunner):
     """SAELens's ``CacheActivationsRunner`` on a model already in memory.
 
     SAELens's ``__init__`` loads the model by name (``load_model``) and takes no model argument,
-    which the tiny model, or any model built in memory, cannot go through. This set-up is the
-    same in effect; caching, sharding and shuffling (``run()``) stay SAELens's.
+    which the tiny model, or any model built in memory, cannot go through; it is re-stated with the
+    model passed in (:func:`saelens_gemmascope.compat.init_cache_activations_runner`). Caching,
+    sharding and shuffling (``run()``) stay SAELens's.
     """
 
     def __init__(self, cfg: CacheActivationsRunnerConfig, model: Any, override_dataset: Any = None) -> None:
-        from datasets import Array2D, Features, Sequence, Value
-
-        self.cfg = cfg
-        self.model = model
-        self.activations_store = _mk_activations_store(model, cfg, override_dataset=override_dataset)
-        self.context_size = self._get_sliced_context_size(cfg.context_size, cfg.seqpos_slice)
-        self.features = Features(
-            {
-                cfg.hook_name: Array2D(shape=(self.context_size, cfg.d_in), dtype=cfg.dtype),
-                "token_ids": Sequence(Value(dtype="int32"), length=self.context_size),
-            }
-        )
+        init_cache_activations_runner(self, cfg, model, override_dataset)
 
 
 def cached_tokens(path: Path, context_size: int) -> int:

@@ -47,10 +47,17 @@ class PresetSAE:
 
     @property
     def name(self) -> str:
-        """``<preset>/target_l0_<L0>`` (or ``<preset>/l0_coef_<λ>`` without a target): unique in a run."""
-        if self.target_l0 is not None:
-            return f"{self.preset.name}/target_l0_{self.target_l0:g}"
-        return f"{self.preset.name}/l0_coef_{self.l0_coefficient:g}"
+        return sae_name(self.preset, self.target_l0, self.l0_coefficient)
+
+
+def sae_name(preset: TrainingPreset, target_l0: float | None, l0_coefficient: float | None) -> str:
+    """``<preset>/target_l0_<L0>`` (or ``<preset>/l0_coef_<λ>`` without a target): unique in a run,
+    and known before calibration (a target names the SAE whatever λ reaches it)."""
+    if target_l0 is not None:
+        return f"{preset.name}/target_l0_{target_l0:g}"
+    if l0_coefficient is None:
+        raise ValueError(f"an SAE of {preset.name} needs a target L0 or a λ")
+    return f"{preset.name}/l0_coef_{l0_coefficient:g}"
 
 
 @cache

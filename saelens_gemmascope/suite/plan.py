@@ -18,6 +18,7 @@ from saelens_gemmascope.suite.configs import (
     effective_d_sae,
     multi_config_for,
     runner_settings_of,
+    sae_name,
     sae_settings_of,
 )
 from saelens_gemmascope.suite.memory import (
@@ -44,7 +45,7 @@ class Rung:
 
     @property
     def name(self) -> str:
-        return self.sae(math.nan if self.l0_coefficient is None else self.l0_coefficient).name
+        return sae_name(self.preset, self.target_l0, self.l0_coefficient)
 
     def sae(self, l0_coefficient: float) -> PresetSAE:
         """The rung as the SAE it trains, with ``l0_coefficient`` (its own when explicit)."""

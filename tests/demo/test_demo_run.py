@@ -1,4 +1,7 @@
-"""``gemmascope demo``, shortened: end to end, offline, writing only to its folder and the cache."""
+"""``gemmascope demo --quick`` as a user runs it, in a fresh process: end to end, offline, writing only to
+its folder and the cache. Marked slow (a fresh interpreter and the whole quick demo: 21 s on an idle
+2-core machine): ``tox -e slow`` runs it; the default run has the same stages in process, shrunk
+(``test_demo_quick.py``)."""
 
 from __future__ import annotations
 
@@ -56,6 +59,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path
     return work, home, out
 
 
+@pytest.mark.slow
 def test_demo_writes_only_its_folder_and_the_user_cache(demo_run: tuple[Path, Path, Path]) -> None:
     work, home, out = demo_run
     assert {p.relative_to(work).parts[0] for p in files_under(work)} == {out.name}
@@ -63,6 +67,7 @@ def test_demo_writes_only_its_folder_and_the_user_cache(demo_run: tuple[Path, Pa
     assert outside_cache == []
 
 
+@pytest.mark.slow
 def test_demo_outputs_every_stage(demo_run: tuple[Path, Path, Path]) -> None:
     _, _, out = demo_run
     assert (out / "suite" / "plan.json").is_file()
@@ -79,6 +84,7 @@ def test_demo_outputs_every_stage(demo_run: tuple[Path, Path, Path]) -> None:
     assert (out / "summary.md").read_text().startswith("# gemmascope demo")
 
 
+@pytest.mark.slow
 def test_demo_saes_beat_zero_ablation_and_ladders_decrease(demo_run: tuple[Path, Path, Path]) -> None:
     _, _, out = demo_run
     rows = [DemoRow(**row) for row in json.loads((out / "summary.json").read_text())["rows"]]

@@ -18,7 +18,17 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 #: Lowest first. A module may import its own layer and any layer below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     # base: records and helpers that know nothing of the layers above
-    ("_version", "cache_dir", "compat", "contributions", "data", "progress", "quiet", "registry"),
+    (
+        "_version",
+        "cache_dir",
+        "compat",
+        "contributions",
+        "data",
+        "post_import",
+        "progress",
+        "quiet",
+        "registry",
+    ),
     ("models",),
     ("directory",),
     ("recipe",),

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from saelens_gemmascope.demo.tiny_model import tiny_gemma2_spec
-from saelens_gemmascope.models.gemma2 import GEMMA2_DIMS, gemma2_model_specs
+from saelens_gemmascope.models.gemma2 import gemma2_model_specs
 from saelens_gemmascope.models.lookup import find_hook_point, find_model_spec
 from saelens_gemmascope.models.spec import UnknownNameError
 
@@ -46,16 +46,26 @@ def test_resolved_names() -> None:
     assert (emb.layer, emb.tl_hook, emb.hf_module) == (None, "hook_embed", "model.embed_tokens")
 
 
-def test_dims_match_the_table() -> None:
-    for name, dims in GEMMA2_DIMS.items():
-        spec = SPECS[name]
-        assert (spec.d_model, spec.n_layers, spec.n_heads, spec.d_head) == (
-            dims.d_model,
-            dims.n_layers,
-            dims.n_heads,
-            dims.d_head,
-        )
-        assert spec.d_vocab == 256_000
+#: The published Gemma 2 configurations (each model's config.json on the Hugging Face hub), written
+#: out here rather than read from GEMMA2_DIMS: the specs are built from that table, so comparing the
+#: two could not fail.
+PUBLISHED = {
+    # name: (d_model, n_layers, n_heads, n_kv_heads, d_head, d_mlp)
+    "gemma-2-2b": (2304, 26, 8, 4, 256, 9216),
+    "gemma-2-9b": (3584, 42, 16, 8, 256, 14336),
+    "gemma-2-27b": (4608, 46, 32, 16, 128, 36864),
+}
+
+
+@pytest.mark.parametrize("base", sorted(PUBLISHED))
+def test_registered_specs_have_the_published_dimensions(base: str) -> None:
+    from saelens_gemmascope.models import model_spec
+
+    for name in (base, f"{base}-it"):
+        spec = model_spec(name)  # through the plugins, as users get it
+        dims = (spec.d_model, spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.d_head, spec.d_mlp)
+        assert dims == PUBLISHED[base], name
+        assert (spec.d_vocab, spec.hf_repo) == (256_000, f"google/{name}")
 
 
 def test_aliases() -> None:

@@ -48,7 +48,7 @@ def single_trainer() -> tuple[GemmaScopeSAETrainer, torch.Tensor]:
     torch.manual_seed(0)
     trainer = GemmaScopeSAETrainer(cfg=trainer_config(), sae=make_sae(), data_provider=no_batches())
     batch = torch.randn(BATCH, D_IN)
-    trainer._train_step(trainer.sae, batch)
+    trainer.train_step(trainer.sae, batch)
     return trainer, batch
 
 
