@@ -97,6 +97,9 @@ PRIVATE_NAMES: dict[str, tuple[str, ...] | None] = {
         "exclude_special_tokens",
     ),
     "sae_lens.saes.sae:_disable_hooks": ("sae",),
+    # The hooks a multi-hook store captures (class-level defaults; see capture_hooks below).
+    "sae_lens.training.activations_store:ActivationsStore._hook_names": None,
+    "sae_lens.training.activations_store:ActivationsStore._hook_d_ins": None,
 }
 
 #: ``"module:Class.attribute"``: private instance attributes read or written here (the class's
@@ -106,6 +109,8 @@ PRIVATE_ATTRIBUTES: tuple[str, ...] = (
     "sae_lens.analysis.hooked_sae_transformer:_SAEWrapper._token_mask",
     "sae_lens.analysis.hooked_sae_transformer:HookedSAETransformer._acts_to_saes",
     "sae_lens.analysis.sae_transformer_bridge:SAETransformerBridge._acts_to_saes",
+    # Written by capture_hooks (a transcoder's two hooks).
+    "sae_lens.training.activations_store:ActivationsStore._hook_head_indices",
 )
 
 #: ``"module:qualname"``: the first 16 hex digits of the sha256 of ``inspect.getsource`` of a
@@ -436,6 +441,23 @@ def filtered_multi_hook_llm_batch(
         return flat
     keep = ~torch.isin(token_ids, store.exclude_special_tokens)
     return {hook: t[keep] for hook, t in flat.items()}
+
+
+def capture_hooks(store: ActivationsStore, hook_widths: dict[str, int]) -> None:
+    """Make ``store``'s multi-hook forward pass capture exactly ``hook_widths`` (hook -> width), no
+    head index, whatever hook names it was built with.
+
+    A transcoder trains on a paired key (its input and output hooks, ``recipe.transcoder.paired_hook``)
+    that SAELens's runners pass to the store as one hook name; the store must capture the two real
+    hooks instead (the caller then pairs their rows). sae_lens/training/activations_store.py:
+    ``from_config_multi_hook`` sets the private ``_hook_names`` / ``_hook_d_ins`` /
+    ``_hook_head_indices`` that ``get_multi_hook_activations`` reads; this sets them again. A
+    single-hook store becomes a multi-hook one. Public seam that would replace it: a
+    ``hook_names`` argument of ``get_multi_hook_activations`` (or a public setter).
+    """
+    store._hook_names = list(hook_widths)
+    store._hook_d_ins = dict(hook_widths)
+    store._hook_head_indices = dict.fromkeys(hook_widths)
 
 
 # -- the activation cache runner ----------------------------------------------------------------

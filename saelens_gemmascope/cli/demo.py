@@ -14,8 +14,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="end to end on the embedded tiny Gemma 2 (CPU, no downloads)",
         description="Builds (or loads from the cache) a tiny Gemma 2 trained on Python's help text, trains a "
         "Gemma Scope-style suite with the exact recipe (res, mlp and att on two layers, two widths, a ladder "
-        "of three sparsity targets, one shared forward pass), saves it in SAELens format and the Gemma Scope "
-        "layout, reloads it with SAE.from_pretrained and evaluates it like the paper.",
+        "of three sparsity targets, and one transcoder ladder on the first layer, all in one shared forward pass), "
+        "saves it in SAELens format and the Gemma Scope layout, reloads it with SAE.from_pretrained and "
+        "evaluates it like the paper, the transcoders next to the MLP-output SAEs of their layer.",
         epilog=examples(
             "gemmascope demo --quick     # one layer, one width", "gemmascope demo --out my-demo"
         ),
@@ -26,6 +27,9 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--model",
         help="train on another registered model, e.g. tiny-gemma-2 (random weights) "
         "(default: tiny-gemma-2-stdlib, the embedded pretrained one)",
+    )
+    parser.add_argument(
+        "--no-transcoders", action="store_true", help="leave out the transcoder ladder (SAEs only)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
     parser.set_defaults(handler=run)
@@ -64,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     settings = QUICK_SETTINGS if args.quick else DemoSettings()
     if args.model:
         settings = dataclasses.replace(settings, model=args.model)
+    if args.no_transcoders:
+        settings = dataclasses.replace(settings, transcoders=False)
     check_demo_model(settings)
     # One thread for the demo's small matrices (two made it about 20x slower on a busy 2-core box).
     with cpu_threads_for_plan(plan_suite(demo_presets(settings))):

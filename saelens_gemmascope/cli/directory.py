@@ -35,6 +35,7 @@ def _add_ls(subparsers: argparse._SubParsersAction[Any], examples: Callable[...,
         "export folder (release.json).",
         epilog=examples(
             "gemmascope ls --model gemma-2-2b --site res --layer 12",
+            "gemmascope ls --model gemma-3-1b-pt --site transcoder --layer 13",
             "gemmascope ls gemma-scope-2b-pt-att --width 16k",
             "gemmascope ls gemmascope-demo/suite/release/tiny-gemma-2-stdlib-res",
         ),
@@ -45,7 +46,11 @@ def _add_ls(subparsers: argparse._SubParsersAction[Any], examples: Callable[...,
         metavar="RELEASE-OR-PATH",
         help=f"{_RELEASE_OR_PATH_HELP} (default: all releases)",
     )
-    ls.add_argument("--model", help="only this model, e.g. gemma-2-2b, gemma-2-9b-it (default: every model)")
+    ls.add_argument(
+        "--model",
+        help="only this model, e.g. gemma-2-2b, gemma-2-9b-it, gemma-3-1b-pt (google/ may be left out; "
+        "default: every model)",
+    )
     ls.add_argument("--site", choices=LS_SITES, help="only this site (default: every site)")
     ls.add_argument("--layer", type=int, help="only this layer (default: every layer)")
     ls.add_argument("--width", help="only this width, e.g. 16k, 131k, 1m (default: every width)")
@@ -87,6 +92,7 @@ def _add_info(subparsers: argparse._SubParsersAction[Any], examples: Callable[..
         "RELEASE-OR-PATH may be a local export folder (release.json) or a local release name.",
         epilog=examples(
             "gemmascope info gemma-scope-2b-pt-res-canonical layer_12/width_16k/canonical",
+            "gemmascope info gemma-scope-2-1b-pt-res layer_13_width_16k_l0_small",
             "gemmascope info gemmascope-demo/suite/release/tiny-gemma-2-stdlib-res "
             "layer_1/width_512/average_l0_24",
         ),
@@ -118,7 +124,12 @@ def _check_ls_filters(args: argparse.Namespace, known: dict[str, set[Any]], wher
     """A filter value no SAE ``where`` has is a mistake (exit 2), not an empty listing."""
     from saelens_gemmascope.cli import close_matches
 
-    for option, value in (("--model", args.model), ("--width", args.width), ("--layer", args.layer)):
+    if where == "released SAE":
+        _check_model_filter(args.model, known["--model"])
+    checked = [("--width", args.width), ("--layer", args.layer)]
+    if where != "released SAE":
+        checked.insert(0, ("--model", args.model))
+    for option, value in checked:
         values = known[option] - {None}
         if value is not None and value not in values:
             shown = sorted(values, key=lambda k: (len(str(k)), str(k)))
@@ -159,13 +170,13 @@ def _release_argument(args: argparse.Namespace) -> str | None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from saelens_gemmascope.directory import list_saes, load_manifest
+    from saelens_gemmascope.directory.api import all_released_saes, list_saes
 
     source = _release_argument(args)
     local = local_release(source)
     if local is not None:
         return _ls_local(args, local)
-    variants = list(load_manifest().variants())
+    variants = all_released_saes()
     known = {
         "--model": {v.model for v in variants},
         "--width": {v.width for v in variants},
@@ -177,11 +188,51 @@ def run_ls(args: argparse.Namespace) -> int:
         print("no SAE matches these filters", file=sys.stderr)
         return 1
     for (release, layer, width), group in groupby(variants, key=lambda v: (v.release, v.layer, v.width)):
-        l0s = " ".join(f"*{v.l0}" if v.canonical else str(v.l0) for v in group)
+        l0s = " ".join(_ls_token(v) for v in group)
         where = "embedding" if layer is None else f"layer_{layer}"
-        print(f"{release:32} {where:10} width_{width:5} L0: {l0s}")
-    print(f"{len(variants)} SAEs (* = canonical, L0 closest to 100)")
+        print(f"{release:36} {where:10} width_{width:5} L0: {l0s}")
+    print(f"{len(variants)} SAEs{_ls_legend(variants)}")
     return 0
+
+
+def _ls_token(variant: Any) -> str:
+    """One SAE in an ``ls`` line: Gemma Scope's average L0 (* canonical), Gemma Scope 2's L0 label,
+    its variant (affine, second seed) and target L0."""
+    from saelens_gemmascope.directory.scope2_manifest import Scope2Sae
+
+    if isinstance(variant, Scope2Sae):
+        return f"{variant.variant}={variant.l0}"
+    return f"*{variant.l0}" if variant.canonical else str(variant.l0)
+
+
+def _ls_legend(variants: list[Any]) -> str:
+    """What the L0 columns mean for the suites shown, and the Gemma Scope 2 kinds not served."""
+    from saelens_gemmascope.directory.scope2_manifest import Scope2Sae, load_scope2_manifest
+
+    scope2 = any(isinstance(v, Scope2Sae) for v in variants)
+    legend = []
+    if not all(isinstance(v, Scope2Sae) for v in variants):
+        legend.append("* = canonical, L0 closest to 100")
+    if scope2:
+        legend.append("Gemma Scope 2: label[+affine|+seed1]=target L0")
+    text = f" ({'; '.join(legend)})"
+    if scope2:
+        for kind, reason in load_scope2_manifest().not_served.items():
+            text += f"\nnot served: Gemma Scope 2 {kind}s. {reason}"
+    return text
+
+
+def _check_model_filter(model: str | None, known: set[str]) -> None:
+    """``--model`` may omit ``google/`` or be a registered alias; a name no SAE has is exit 2."""
+    from saelens_gemmascope.cli import close_matches
+    from saelens_gemmascope.directory.api import model_names
+
+    if model is None or model_names(model) & known:
+        return
+    shown = sorted(known | {name.removeprefix("google/") for name in known})
+    raise ValueError(
+        f"--model {model}: no released SAE has it.{close_matches(model, shown)} Known: {', '.join(shown)}"
+    )
 
 
 def _ls_local(args: argparse.Namespace, release: str) -> int:
@@ -249,14 +300,39 @@ def run_info(args: argparse.Namespace) -> int:
         ),
         ("d_in", str(info.d_in)),
         ("d_sae", str(info.d_sae)),
-        ("average L0", str(v.l0)),
-        ("canonical", "yes" if v.canonical else "no"),
-        ("training tokens", f"{v.training_tokens / 1e9:g}B"),
+        *_suite_rows(v),
         ("neuronpedia", info.neuronpedia_id or "-"),
         ("loads from", info.load_source),
     ]
     _print_rows(rows)
     return 0
+
+
+def _suite_rows(variant: Any) -> list[tuple[str, str]]:
+    """The rows that differ between the suites: Gemma Scope's measured L0, canonical choice and
+    training tokens; Gemma Scope 2's L0 label and target, affine skip connection and HF hook points."""
+    from saelens_gemmascope.directory.scope2_manifest import Scope2Sae
+
+    if isinstance(variant, Scope2Sae):
+        rows = [
+            ("target L0", f"{variant.l0} ({variant.l0_label})"),
+            ("architecture", _scope2_architecture(variant)),
+            ("hf hook", variant.hf_hook_in + (f" -> {variant.hf_hook_out}" if variant.hf_hook_out else "")),
+        ]
+        if variant.seed is not None:
+            rows.append(("seed", str(variant.seed)))
+        return rows
+    return [
+        ("average L0", str(variant.l0)),
+        ("canonical", "yes" if variant.canonical else "no"),
+        ("training tokens", f"{variant.training_tokens / 1e9:g}B"),
+    ]
+
+
+def _scope2_architecture(variant: Any) -> str:
+    if variant.site != "transcoder":
+        return "jumprelu"
+    return "jumprelu_skip_transcoder (affine skip)" if variant.affine else "jumprelu_transcoder"
 
 
 def _info_local(release: str, sae_id: str) -> int:

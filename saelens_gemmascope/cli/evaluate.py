@@ -120,21 +120,25 @@ def checked_device(device: str | None) -> str:
 
 
 def check_model_name(name: str | None) -> None:
-    """``--model`` is one of the embedded tiny models or a name TransformerLens knows (its own error
-    lists all 249 models on one line)."""
+    """``--model`` is a registered model (built-in, the demo's tiny models, a plugin's; by name or
+    alias) or a name TransformerLens knows (its own error lists all its models on one line)."""
     from transformer_lens.loading_from_pretrained import make_model_alias_map
 
     from saelens_gemmascope.cli import close_matches
-    from saelens_gemmascope.demo.embedded_model import EMBEDDED_MODEL_NAME
-    from saelens_gemmascope.demo.tiny_model import TINY_GEMMA2_NAME
+    from saelens_gemmascope.registry import registered_models
 
-    embedded = (TINY_GEMMA2_NAME, EMBEDDED_MODEL_NAME)
-    if name is None or name in embedded or name.lower() in make_model_alias_map():
+    if name is None:
         return
-    candidates = [*embedded, *make_model_alias_map()]
+    specs = registered_models()
+    registered = [*specs, *(alias for spec in specs.values() for alias in spec.aliases)]
+    in_memory = sorted(n for n, spec in specs.items() if spec.load is not None)
+    if name in registered or name.lower() in make_model_alias_map():
+        return
+    candidates = [*registered, *make_model_alias_map()]
     raise ValueError(
         f"--model {name!r}: not a model this package or TransformerLens can load.{close_matches(name, candidates)} "
-        f"Embedded: {', '.join(embedded)}; Gemma 2, e.g. gemma-2-2b, gemma-2-9b-it"
+        f"Built in memory: {', '.join(in_memory)}; registered, e.g. gemma-2-2b, gemma-3-1b-pt "
+        "(`gemmascope plugins` lists who registers what)"
     )
 
 

@@ -360,13 +360,15 @@ def check_training_data(source: str) -> None:
 def _load_models_first(plan: Any, trainers: Any) -> None:
     """Load every language model of the plan (and check its hook widths) before the run writes
     anything: an unavailable model is then one line with nothing left behind."""
+    from saelens_gemmascope.suite.catalog import model_hooks
     from saelens_gemmascope.suite.checks import check_hook_widths
 
     language_model = getattr(trainers, "language_model", None)
     if language_model is None:  # trainers of another kind load their models themselves
         return
     for group in plan.groups:
-        check_hook_widths(language_model(group.model_name), {p.hook_name: p.d_in for p in group.presets})
+        hooks = {h: d for p in group.presets for h, d in model_hooks(p).items()}  # a transcoder reads two
+        check_hook_widths(language_model(group.model_name), hooks)
 
 
 def _run_distributed(args: argparse.Namespace, plan: Any, grid: list[float] | None) -> int:

@@ -4,6 +4,11 @@ One straight line: the embedded tiny Gemma 2 (trained on Python's help text on f
 cached) -> presets -> λ calibration -> one shared training pass of every SAE with the Gemma Scope
 recipe -> SAELens format and Gemma Scope layout -> local release -> ``SAE.from_pretrained`` ->
 evaluation like the paper, next to a zero-ablation baseline per site -> report and plots.
+
+It also trains one transcoder ladder (the first layer, the narrowest width), in the same forward
+pass, and shows it next to the MLP-output SAEs of that layer and the MLP output's zero ablation, as
+in the paper's transcoder appendix. Where the model's transcoder preset is missing or cannot be
+trained, the demo says so in one line and goes on without it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class DemoSettings:
     refine_rounds: int = 0
     eval_sequences: int = 64
     eval_context: int = 128
+    #: also train one transcoder ladder: the first of ``layers``, the narrowest of ``widths``
+    transcoders: bool = True
 
 
 #: A shortened run (one layer, one width, few steps), for tests and a first look.
@@ -93,10 +100,44 @@ class DemoResult:
     model_metrics: dict[str, Any]
     report: Path
     summary: Path
+    #: what the demo left out and why (one line each): e.g. a transcoder preset it cannot train
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TranscoderChoice:
+    """The demo's transcoder ladder: its preset, or None with the one-line reason it is left out."""
+
+    preset: TrainingPreset | None
+    note: str | None = None
+
+
+def demo_transcoder(settings: DemoSettings) -> TranscoderChoice:
+    """The transcoder preset at the first layer and narrowest width, if the demo trains one."""
+    from saelens_gemmascope.registry import registered_presets
+    from saelens_gemmascope.suite.catalog import TRANSCODER, preset_name
+
+    if not settings.transcoders or not settings.layers:
+        return TranscoderChoice(None)
+    presets = registered_presets()
+    layer = settings.layers[0]
+    candidates = [presets.get(preset_name(settings.model, TRANSCODER, layer, w)) for w in settings.widths]
+    found = [p for p in candidates if p is not None]
+    if not found:
+        return TranscoderChoice(
+            None, f"No transcoder ladder: {settings.model} has no transcoder preset at layer {layer}."
+        )
+    preset = min(found, key=lambda p: p.d_sae)
+    if not preset.trainable:
+        # Shown to the reader, so the first clause of the reason is enough.
+        reason = (preset.not_trainable_reason or "").split(":")[0]
+        return TranscoderChoice(None, f"No transcoder ladder: {preset.name} cannot be trained ({reason}).")
+    return TranscoderChoice(preset)
 
 
 def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
-    """The presets the demo trains, shortened to ``settings.steps`` if given."""
+    """The presets the demo trains (the transcoder's too, when :func:`demo_transcoder` has one),
+    shortened to ``settings.steps`` if given."""
     from saelens_gemmascope.registry import registered_presets
     from saelens_gemmascope.suite.catalog import preset_name
 
@@ -107,6 +148,9 @@ def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
         for layer in settings.layers
         for width in settings.widths
     ]
+    transcoder = demo_transcoder(settings).preset
+    if transcoder is not None:
+        chosen.append(transcoder)
     if settings.steps is None:
         return chosen
     narrowest = min(preset.d_sae for preset in chosen)
@@ -177,6 +221,9 @@ def run_demo(
         model, model_metrics = _load_model(settings, progress)
         advance(STAGES[1])
 
+        notes = tuple(note for note in [demo_transcoder(settings).note] if note)
+        for note in notes:
+            say(note)
         plan = plan_suite(demo_presets(settings))
         say(plan.describe())
         suite_root = out / "suite"
@@ -196,13 +243,7 @@ def run_demo(
         for t in trained:
             sae = SAE.from_pretrained(t.release, t.export_id)
             items.append(EvalSAE(sae, label=t.name, source="trained", release=t.release, sae_id=t.export_id))
-        baselines = {}
-        for item in items:
-            hook = item.sae.cfg.metadata.hook_name
-            if hook not in baselines:
-                baselines[hook] = EvalSAE(
-                    zero_ablation(item.sae), label=f"zero-ablation {hook}", source="baseline"
-                )
+        baselines = zero_ablation_baselines(items)
         advance(STAGES[3])
 
         # dataset=None: the embedded held-out text, distinct sequences only (never cycled).
@@ -218,15 +259,38 @@ def run_demo(
         advance(STAGES[4])
 
         rows = _rows(trained, result, baselines)
-        summary = _write_summary(out, rows, model_metrics, settings, result.settings)
-    return DemoResult(out, tuple(rows), model_metrics, result.files.get("report", out / "eval"), summary)
+        summary = _write_summary(out, rows, model_metrics, settings, result.settings, notes)
+    report = result.files.get("report", out / "eval")
+    return DemoResult(out, tuple(rows), model_metrics, report, summary, notes)
+
+
+def _write_hook(sae: Any) -> str:
+    """Where an SAE's reconstruction goes: a transcoder's output hook (the MLP output), else its hook."""
+    meta = sae.cfg.metadata
+    return str(meta.hook_name_out or meta.hook_name)
+
+
+def zero_ablation_baselines(items: Sequence[Any]) -> dict[str, Any]:
+    """One zero-ablation baseline per write hook. A transcoder writes the MLP output, so it shares
+    the baseline of the MLP-output SAE of its layer (shaped after that SAE when there is one)."""
+    from saelens_gemmascope.evaluation import EvalSAE
+
+    baselines: dict[str, Any] = {}
+    plain_first = sorted(items, key=lambda item: item.sae.cfg.metadata.hook_name_out is not None)
+    for item in plain_first:
+        hook = _write_hook(item.sae)
+        if hook not in baselines:
+            baselines[hook] = EvalSAE(
+                zero_ablation(item.sae), label=f"zero-ablation {hook}", source="baseline"
+            )
+    return baselines
 
 
 def _rows(trained: Sequence[Any], result: Any, baselines: dict[str, Any]) -> list[DemoRow]:
     rows = []
     for t in trained:
         metrics = result.by_label(t.name)
-        zero = result.by_label(baselines[metrics.hook_name].label)
+        zero = result.by_label(baselines[metrics.hook_name_out or metrics.hook_name].label)
         rows.append(
             DemoRow(
                 label=t.name,
@@ -296,9 +360,9 @@ class WidthComparison:
         return self.wide_fvu < self.narrow_fvu
 
 
-def _interpolated_fvu(ladder: Sequence[DemoRow], l0: float) -> float | None:
-    """FVU of ``ladder`` at ``l0``, linear in log L0 between its two nearest rungs; None outside it."""
-    points = sorted((r.l0, r.fvu) for r in ladder if r.l0 > 0)
+def _interpolated(ladder: Sequence[DemoRow], l0: float, metric: str = "fvu") -> float | None:
+    """``metric`` of ``ladder`` at ``l0``, linear in log L0 between its two nearest rungs; None outside it."""
+    points = sorted((r.l0, float(getattr(r, metric))) for r in ladder if r.l0 > 0)
     for (l0_a, fvu_a), (l0_b, fvu_b) in itertools.pairwise(points):
         if l0_a <= l0 <= l0_b:
             share = 0.0 if l0_b == l0_a else math.log(l0 / l0_a) / math.log(l0_b / l0_a)
@@ -317,7 +381,7 @@ def width_comparisons(rows: Sequence[DemoRow]) -> list[WidthComparison]:
     for (site, layer), by_width in sorted(ladders.items()):
         for narrow, wide in itertools.pairwise(sorted(by_width)):
             for row in sorted(by_width[wide], key=lambda r: r.l0):
-                fvu = _interpolated_fvu(by_width[narrow], row.l0)
+                fvu = _interpolated(by_width[narrow], row.l0)
                 if fvu is not None:
                     comparisons.append(WidthComparison(site, layer, narrow, wide, row.l0, fvu, row.fvu))
     return comparisons
@@ -339,6 +403,24 @@ def _width_lines(rows: Sequence[DemoRow]) -> list[str]:
             for c in worse
         )
         lines.append(f"Not in: {cases}. {WIDTH_CAVEAT}")
+    return lines
+
+
+TRANSCODER_SITE = "transcoder"
+
+
+def transcoder_lines(rows: Sequence[DemoRow]) -> list[str]:
+    """Each transcoder against the MLP-output SAEs of its layer (their delta LM loss interpolated at
+    the transcoder's L0) and the MLP output's zero ablation: the paper's transcoder appendix."""
+    lines = []
+    for tc in sorted((r for r in rows if r.site == TRANSCODER_SITE), key=lambda r: (r.layer, r.l0)):
+        mlp = [r for r in rows if r.site == "mlp" and r.layer == tc.layer]
+        sae_loss = _interpolated(mlp, tc.l0, "delta_loss")
+        versus = f"MLP-output SAEs {sae_loss:.3f} at that L0, " if sae_loss is not None else ""
+        lines.append(
+            f"Transcoder {tc.label} at L0 {tc.l0:.1f}: delta LM loss {tc.delta_loss:.3f} ({versus}"
+            f"zero ablation of the MLP output {tc.zero_ablation_delta_loss:.3f})."
+        )
     return lines
 
 
@@ -370,6 +452,7 @@ def _write_summary(
     model_metrics: dict[str, Any],
     settings: DemoSettings,
     eval_settings: dict[str, Any],
+    notes: Sequence[str] = (),
 ) -> Path:
     lines = [
         "# gemmascope demo",
@@ -399,6 +482,8 @@ def _write_summary(
         _data_line(eval_settings),
         f"L0 decreases with λ on every ladder: {'yes' if ladder_is_monotone(rows) else 'NO'}.",
         *_width_lines(rows),
+        *transcoder_lines(rows),
+        *notes,
         *_flag_lines(rows),
         "Full report with plots: `eval/report.md`; SAEs: `suite/saes/` (SAELens format) and "
         "`suite/release/` (Gemma Scope layout).",
@@ -406,6 +491,10 @@ def _write_summary(
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(
-        json.dumps({"model": model_metrics, "rows": [dataclasses.asdict(r) for r in rows]}, indent=2) + "\n"
+        json.dumps(
+            {"model": model_metrics, "rows": [dataclasses.asdict(r) for r in rows], "notes": list(notes)},
+            indent=2,
+        )
+        + "\n"
     )
     return summary

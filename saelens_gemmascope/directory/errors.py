@@ -26,13 +26,15 @@ def _suggestion_text(word: str, candidates: Iterable[str], n: int = 5) -> str:
 
 
 class UnknownReleaseError(ValueError):
-    """A release name that the Gemma Scope manifest does not know."""
+    """A release name that the Gemma Scope manifests do not know. ``note`` says more where the name
+    looks like something released but not served (a Gemma Scope 2 crosscoder or CLT)."""
 
-    def __init__(self, release: str, known: Iterable[str]) -> None:
+    def __init__(self, release: str, known: Iterable[str], note: str | None = None) -> None:
         known = sorted(known)
         self.release = release
+        extra = f" {note}" if note else ""
         super().__init__(
-            f"Unknown Gemma Scope release {release!r}.{_suggestion_text(release, known)} "
+            f"Unknown Gemma Scope release {release!r}.{extra}{_suggestion_text(release, known)} "
             f"Known releases: {', '.join(known)}."
         )
 
@@ -70,13 +72,21 @@ class SaeFileUnavailableError(FileNotFoundError):
     ``reason`` says which of these it is; ``remedy`` is the third way out, matching that state (unset
     HF_HUB_OFFLINE only when it is set)."""
 
-    def __init__(self, repo_id: str, folder: str, reason: str, *, remedy: str = DOWNLOAD_REMEDY) -> None:
+    def __init__(
+        self,
+        repo_id: str,
+        folder: str,
+        reason: str,
+        *,
+        remedy: str = DOWNLOAD_REMEDY,
+        filename: str = "params.npz",
+    ) -> None:
         self.repo_id = repo_id
         self.folder = folder
         super().__init__(
-            f"Cannot get {repo_id}/{folder}/params.npz: {reason}. "
+            f"Cannot get {repo_id}/{folder}/{filename}: {reason}. "
             f"Provide a local copy in one of these ways: (1) a mirror folder laid out like the hub, "
-            f"<root>/{repo_id}/{folder}/params.npz, named by --mirror <root> (gemmascope fetch, "
+            f"<root>/{repo_id}/{folder}/{filename}, named by --mirror <root> (gemmascope fetch, "
             f"gemmascope info), the mirror= argument or the {MIRROR_ENV_VAR} environment variable; "
             f"(2) run `gemmascope fetch <release> <id>` on a machine with network access (it fills the "
             f"Hugging Face cache and the conversion cache); or (3) {remedy}."

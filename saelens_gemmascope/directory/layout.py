@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from sae_lens.saes.sae import SAE
 
-from saelens_gemmascope.directory.npz import PARAM_KEYS, expected_param_shapes, write_params_npz
+from saelens_gemmascope.directory.npz import PARAM_KEYS, SKIP_KEY, expected_param_shapes, write_params_npz
 
 RELEASE_FILE = "release.json"
 RELEASE_FORMAT = "saelens-gemmascope/local-release"
@@ -81,7 +81,8 @@ def sae_folder(layer: int | None, d_sae: int, average_l0: float) -> str:
 
 
 def gemmascope_params(sae: SAE[Any]) -> dict[str, torch.Tensor]:
-    """The five release arrays of a JumpReLU SAE, in the raw-space form the release uses."""
+    """The five release arrays of a JumpReLU SAE (six for a skip transcoder: ``W_skip``), in the
+    raw-space form the release uses."""
     if sae.cfg.normalize_activations != "none":
         raise ValueError(
             f"cannot export an SAE with normalize_activations={sae.cfg.normalize_activations!r}: fold the "
@@ -91,8 +92,9 @@ def gemmascope_params(sae: SAE[Any]) -> dict[str, torch.Tensor]:
     process = getattr(sae, "process_state_dict_for_saving_inference", None)
     if callable(process):
         process(state)  # e.g. a log-parametrised threshold becomes the threshold itself
-    extra = sorted(set(state) - set(PARAM_KEYS))
-    missing = sorted(set(PARAM_KEYS) - set(state))
+    keys = (*PARAM_KEYS, SKIP_KEY) if SKIP_KEY in state else PARAM_KEYS
+    extra = sorted(set(state) - set(keys))
+    missing = sorted(set(keys) - set(state))
     if extra or missing:
         raise ValueError(
             f"not a plain JumpReLU SAE (architecture {sae.cfg.architecture()!r}): "
@@ -101,7 +103,20 @@ def gemmascope_params(sae: SAE[Any]) -> dict[str, torch.Tensor]:
     if sae.cfg.apply_b_dec_to_input:
         # (x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)
         state["b_enc"] = state["b_enc"] - state["b_dec"] @ state["W_enc"]
-    return {key: state[key] for key in PARAM_KEYS}
+    return {key: state[key] for key in keys}
+
+
+def _transcoder_fields(sae: SAE[Any]) -> dict[str, Any]:
+    """A transcoder's own entry fields: it writes ``hook_name_out`` (``d_out`` wide) and loads as
+    SAELens's ``jumprelu_transcoder``, as the released Gemma Scope transcoders do, or with a
+    ``W_skip`` (written as a sixth array) as ``jumprelu_skip_transcoder``, as Gemma Scope 2's affine
+    ones do."""
+    hook_name_out = getattr(sae.cfg.metadata, "hook_name_out", None)
+    d_out = getattr(sae.cfg, "d_out", None)
+    if hook_name_out is None or d_out is None:
+        return {}
+    architecture = "jumprelu_skip_transcoder" if hasattr(sae, SKIP_KEY) else "jumprelu_transcoder"
+    return {"architecture": architecture, "hook_name_out": hook_name_out, "d_out": int(d_out)}
 
 
 @dataclass(frozen=True)
@@ -183,7 +198,8 @@ def export_gemmascope_sae(
             f"cannot export {sae_name or 'the SAE'}: non-finite values in {', '.join(not_finite)}"
         )
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-    for key, shape in expected_param_shapes(d_in, d_sae).items():
+    expected = expected_param_shapes(d_in, d_sae, getattr(sae.cfg, "d_out", None), skip=SKIP_KEY in params)
+    for key, shape in expected.items():
         if tuple(params[key].shape) != shape:
             raise ValueError(f"{key} has shape {tuple(params[key].shape)}, expected {shape}")
 
@@ -209,6 +225,7 @@ def export_gemmascope_sae(
     }
     if sae_name is not None:
         entry["sae_name"] = sae_name
+    entry.update(_transcoder_fields(sae))
     manifest = read_release_manifest(root)
     manifest["saes"] = [e for e in manifest["saes"] if e["id"] != sae_id] + [entry]
     manifest["saes"].sort(key=lambda e: e["id"])

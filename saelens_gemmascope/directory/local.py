@@ -41,6 +41,8 @@ from saelens_gemmascope.models.spec import UnknownNameError
 from saelens_gemmascope.registry import forget_release, register_release, registered_models, registrations
 
 LOCAL_CONVERTER_NAME = "gemmascope_local"
+#: What an export folder may hold: SAEs, transcoders, skip transcoders (SAELens's inference names).
+LOCAL_ARCHITECTURES = ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 #: The plugin name local releases are registered under (what a clash with another plugin names).
 LOCAL_OWNER = "gemmascope.local"
 #: A training run writes its release folders as ``<run>/release/<model>-<site>``
@@ -92,10 +94,18 @@ def local_release_config(
     force_download: bool = False,
     cfg_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """SAELens config dict of one exported SAE: a raw-space ``jumprelu``."""
+    """SAELens config dict of one exported SAE: a raw-space ``jumprelu``, or for a transcoder the
+    ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder`` its entry names (with ``d_out`` and the
+    hook it writes, ``hook_name_out``)."""
     entry = _entry(Path(repo_id), folder_name)
+    architecture = entry.get("architecture") or "jumprelu"
+    if architecture not in LOCAL_ARCHITECTURES:
+        raise ValueError(
+            f"{Path(repo_id) / folder_name}: architecture {architecture!r} in release.json is not one of "
+            f"{', '.join(LOCAL_ARCHITECTURES)}"
+        )
     cfg: dict[str, Any] = {
-        "architecture": "jumprelu",
+        "architecture": architecture,
         "d_in": entry["d_in"],
         "d_sae": entry["d_sae"],
         "dtype": "float32",
@@ -116,6 +126,9 @@ def local_release_config(
             "l0": entry.get("average_l0"),
         },
     }
+    if architecture != "jumprelu":
+        cfg["d_out"] = entry["d_out"]
+        cfg["metadata"]["hook_name_out"] = entry["hook_name_out"]
     for key, value in (cfg_overrides or {}).items():
         if key in cfg:
             cfg[key] = value
@@ -134,7 +147,10 @@ def local_release_loader(
     """Config, weights (shape-checked) and no sparsity for one exported SAE."""
     cfg = local_release_config(repo_id, folder_name, device, force_download, cfg_overrides)
     params_path = Path(repo_id) / folder_name / "params.npz"
-    state = read_params_npz(params_path, expected_param_shapes(cfg["d_in"], cfg["d_sae"]))
+    shapes = expected_param_shapes(
+        cfg["d_in"], cfg["d_sae"], cfg.get("d_out"), skip=cfg["architecture"] == "jumprelu_skip_transcoder"
+    )
+    state = read_params_npz(params_path, shapes)
     return cfg, {k: v.to(device) for k, v in state.items()}, None
 
 

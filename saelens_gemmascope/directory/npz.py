@@ -12,6 +12,8 @@ import torch
 
 #: Keys of a Gemma Scope SAE file. Some released files spell the matrices ``w_enc``/``w_dec``.
 PARAM_KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+#: The one optional array: a skip transcoder's ``W_skip`` (``d_out x d_in``), as SAELens holds it.
+SKIP_KEY = "W_skip"
 
 
 class ParamsFileError(ValueError):
@@ -77,7 +79,7 @@ def _inferred_shapes(
     return expected_param_shapes(*w_enc)
 
 
-def _check_values(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
+def check_param_values(state_dict: Mapping[str, torch.Tensor], path: Path) -> None:
     """Every value finite, every threshold >= 0 (else the SAE computes NaN or is not a JumpReLU)."""
     for key, tensor in state_dict.items():
         # A finite sum means every element is finite (NaN and Inf propagate): one cheap pass,
@@ -121,11 +123,13 @@ def read_params_npz(
         raise ParamsFileError(f"{path}: holds a single array, not an .npz archive of SAE parameters")
     with archive:
         keys = _canonical_keys(archive.files, path)
-        _check_key_set(keys, archive.files, path)
+        _check_key_set(
+            keys, archive.files, path, skip=expected_shapes is not None and SKIP_KEY in expected_shapes
+        )
         _check_headers(archive, keys, expected_shapes, path)
         arrays = {
             key: _read_member(archive, keys[key], path)
-            for key in (*PARAM_KEYS, "scaling_factor")
+            for key in (*PARAM_KEYS, SKIP_KEY, "scaling_factor")
             if key in keys
         }
     scaling = arrays.pop("scaling_factor", None)
@@ -134,7 +138,7 @@ def read_params_npz(
             f"{path}: has a scaling_factor that is not all ones; not a Gemma Scope SAE file"
         )
     state_dict = {key: torch.from_numpy(arr).to(dtype) for key, arr in arrays.items()}
-    _check_values(state_dict, path)
+    check_param_values(state_dict, path)
     return state_dict
 
 
@@ -156,9 +160,12 @@ def _check_headers(
             raise ParamsFileError(f"{path}: key {key!r} has shape {got}, expected {tuple(shape)}")
 
 
-def _check_key_set(keys: Mapping[str, str], files: list[str], path: Path) -> None:
-    missing = [k for k in PARAM_KEYS if k not in keys]
-    extra = sorted(set(keys) - set(PARAM_KEYS) - {"scaling_factor"})
+def _check_key_set(keys: Mapping[str, str], files: list[str], path: Path, *, skip: bool = False) -> None:
+    """The five keys (six with ``W_skip`` for a skip transcoder), and nothing else but a ones
+    ``scaling_factor``."""
+    wanted = (*PARAM_KEYS, SKIP_KEY) if skip else PARAM_KEYS
+    missing = [k for k in wanted if k not in keys]
+    extra = sorted(set(keys) - set(wanted) - {"scaling_factor"})
     if missing or extra:
         problems = [f"missing key(s) {', '.join(missing)}"] if missing else []
         problems += [f"unexpected key(s) {', '.join(extra)}"] if extra else []
@@ -174,25 +181,34 @@ def _read_member(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> np.ndar
     return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("="))
 
 
-def expected_param_shapes(d_in: int, d_sae: int) -> dict[str, tuple[int, ...]]:
-    """Shapes of a Gemma Scope SAE with input width ``d_in`` and ``d_sae`` latents."""
-    return {
+def expected_param_shapes(
+    d_in: int, d_sae: int, d_out: int | None = None, *, skip: bool = False
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of a Gemma Scope SAE with input width ``d_in`` and ``d_sae`` latents (a transcoder
+    writes ``d_out`` wide; a skip transcoder adds ``W_skip``)."""
+    d_out = d_in if d_out is None else d_out
+    shapes = {
         "W_enc": (d_in, d_sae),
-        "W_dec": (d_sae, d_in),
+        "W_dec": (d_sae, d_out),
         "b_enc": (d_sae,),
-        "b_dec": (d_in,),
+        "b_dec": (d_out,),
         "threshold": (d_sae,),
     }
+    if skip:
+        shapes[SKIP_KEY] = (d_out, d_in)
+    return shapes
 
 
 def write_params_npz(path: str | Path, state_dict: Mapping[str, torch.Tensor]) -> Path:
-    """Write the five Gemma Scope keys as float32 to ``path`` (parents created)."""
+    """Write the five Gemma Scope keys (and a skip transcoder's ``W_skip``) as float32 to ``path``
+    (parents created)."""
     path = Path(path)
     missing = [k for k in PARAM_KEYS if k not in state_dict]
     if missing:
         raise ParamsFileError(f"cannot write {path}: state dict lacks {', '.join(missing)}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {k: state_dict[k].detach().to("cpu", torch.float32).numpy() for k in PARAM_KEYS}
+    keys = (*PARAM_KEYS, SKIP_KEY) if SKIP_KEY in state_dict else PARAM_KEYS
+    arrays = {k: state_dict[k].detach().to("cpu", torch.float32).numpy() for k in keys}
     # Write to a temporary name first so an interrupted export never leaves a half-written file.
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("wb") as handle:

@@ -73,6 +73,13 @@ _OPTIONAL_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "context_size": _positive_int,
     "prepend_bos": _flag,
     "input_scale": _positive_number,
+    "architecture": lambda value: (
+        None
+        if value in ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
+        else "expected jumprelu, jumprelu_transcoder or jumprelu_skip_transcoder"
+    ),
+    "hook_name_out": _text,
+    "d_out": _positive_int,
 }
 
 
@@ -106,6 +113,10 @@ def _entry_problems(root: Path, entry: Mapping[str, Any]) -> tuple[str, str] | N
         problem = None if value is None else check(value)
         if problem is not None:
             return field, f"{problem} (or null), got {value!r}"
+    if entry.get("architecture") in ("jumprelu_transcoder", "jumprelu_skip_transcoder"):
+        for field in ("d_out", "hook_name_out"):
+            if entry.get(field) is None:
+                return field, f"missing (a {entry['architecture']} entry names what it writes)"
     path_problem = _path_problem(root, entry["path"])
     return ("path", f"{entry['path']!r} is {path_problem}") if path_problem else None
 

@@ -11,6 +11,7 @@ from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
 from saelens_gemmascope.directory.errors import UnknownReleaseError, UnknownSaeIdError
 from saelens_gemmascope.directory.manifest import ReleaseSpec, SaeVariant, SuiteManifest, load_manifest
+from saelens_gemmascope.directory.scope2_manifest import Scope2Sae
 
 #: Converter names in SAELens's tables (distinct from SAELens's own ``gemma_2``/``gemma_2_transcoder``).
 SAE_CONVERTER_NAME = "gemmascope"
@@ -71,7 +72,8 @@ def builtin_directory() -> dict[str, DirectoryRelease]:
 
 
 def resolve(release: str, sae_id: str, directory: Mapping[str, DirectoryRelease] | None = None) -> SaeVariant:
-    """The manifest record behind ``(release, sae_id)``; unknown names raise with close matches."""
+    """The Gemma Scope manifest record behind ``(release, sae_id)``; unknown names raise with close
+    matches (:func:`resolve_any` also knows the Gemma Scope 2 releases)."""
     directory = builtin_directory() if directory is None else directory
     if release not in directory:
         raise UnknownReleaseError(release, directory)
@@ -79,3 +81,27 @@ def resolve(release: str, sae_id: str, directory: Mapping[str, DirectoryRelease]
     if sae_id not in saes:
         raise UnknownSaeIdError(release, sae_id, saes)
     return saes[sae_id]
+
+
+def resolve_any(release: str, sae_id: str) -> SaeVariant | Scope2Sae:
+    """The record behind ``(release, sae_id)`` in either suite; an unknown release's error lists both
+    suites' names (and says why, for a Gemma Scope 2 crosscoder or CLT)."""
+    from saelens_gemmascope.directory.scope2_releases import not_served_note, scope2_releases
+
+    scope2 = scope2_releases()
+    if release in scope2:
+        saes = scope2[release].saes
+        if sae_id not in saes:
+            raise UnknownSaeIdError(release, sae_id, saes)
+        return saes[sae_id]
+    directory = builtin_directory()
+    if release not in directory:
+        raise UnknownReleaseError(release, [*directory, *scope2], note=not_served_note(release))
+    return resolve(release, sae_id, directory)
+
+
+def known_release_names() -> list[str]:
+    """Every release name of both suites (Gemma Scope and Gemma Scope 2)."""
+    from saelens_gemmascope.directory.scope2_releases import scope2_releases
+
+    return [*builtin_directory(), *scope2_releases()]

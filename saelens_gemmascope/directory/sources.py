@@ -1,4 +1,5 @@
-"""Where a Gemma Scope ``params.npz`` comes from, in order: a local mirror, the Hugging Face cache, the hub.
+"""Where a Gemma Scope ``params.npz`` (or a Gemma Scope 2 ``params.safetensors``) comes from, in order:
+a local mirror, the Hugging Face cache, the hub.
 
 A mirror is a folder laid out like the hub repositories, ``<root>/<repo_id>/<folder>/params.npz``
 (for example ``<root>/google/gemma-scope-2b-pt-res/layer_12/width_16k/average_l0_82/params.npz``),
@@ -47,8 +48,8 @@ def mirror_root(mirror: str | os.PathLike[str] | None = None) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def mirror_path(root: Path, repo_id: str, folder: str) -> Path:
-    return root / repo_id / folder / PARAMS_FILENAME
+def mirror_path(root: Path, repo_id: str, folder: str, filename: str = PARAMS_FILENAME) -> Path:
+    return root / repo_id / folder / filename
 
 
 def hf_cache_root() -> Path:
@@ -68,15 +69,19 @@ def source_roots(mirror: str | os.PathLike[str] | None = None) -> list[str]:
 
 
 def find_local_params(
-    repo_id: str, folder: str, mirror: str | os.PathLike[str] | None = None
+    repo_id: str,
+    folder: str,
+    mirror: str | os.PathLike[str] | None = None,
+    filename: str = PARAMS_FILENAME,
 ) -> SourceFile | None:
-    """The mirror's copy, else the Hugging Face cache's copy, else None. Never touches the network."""
+    """The mirror's copy, else the Hugging Face cache's copy, else None. Never touches the network.
+    ``filename``: params.npz (Gemma Scope), params.safetensors or config.json (Gemma Scope 2)."""
     root = mirror_root(mirror)
     if root is not None:
-        candidate = mirror_path(root, repo_id, folder)
+        candidate = mirror_path(root, repo_id, folder, filename)
         if candidate.is_file():
             return SourceFile(candidate, "mirror", root)
-    cached = try_to_load_from_cache(repo_id, f"{folder}/{PARAMS_FILENAME}")
+    cached = try_to_load_from_cache(repo_id, f"{folder}/{filename}")
     if isinstance(cached, str):
         return SourceFile(Path(cached), "hf-cache", hf_cache_root())
     return None
@@ -148,15 +153,21 @@ def download_params(
     force_download: bool = False,
     mirror: str | os.PathLike[str] | None = None,
     note: str | None = None,
+    filename: str = PARAMS_FILENAME,
 ) -> SourceFile:
-    """Download (or re-use the cached) params.npz from the hub; clear advice when that is impossible.
+    """Download (or re-use the cached) ``filename`` (params.npz unless given) from the hub; clear
+    advice when that is impossible.
     ``note`` is added to that advice (e.g. why a conversion-cache file was not used). Offline mode or
     an unreachable hub fails at once (one probe, no retries), with advice that matches which it is."""
-    looked = _looked_in(repo_id, folder, mirror) + (f"; {note}" if note else "")
+    looked = _looked_in(repo_id, folder, mirror, filename) + (f"; {note}" if note else "")
     if hub_is_offline():
         reason, remedy = offline_state()
         raise SaeFileUnavailableError(
-            repo_id, folder, f"{reason} and there is no local copy ({looked})", remedy=remedy
+            repo_id,
+            folder,
+            f"{reason} and there is no local copy ({looked})",
+            remedy=remedy,
+            filename=filename,
         )
     unreachable = hub_unreachable_reason()
     if unreachable is not None:
@@ -165,18 +176,25 @@ def download_params(
             folder,
             f"{unreachable}; HF_HUB_OFFLINE is not set; there is no local copy ({looked})",
             remedy="run again where the hub can be reached (or with HF_ENDPOINT naming a hub mirror)",
+            filename=filename,
         )
     try:
         path = hf_hub_download(
-            repo_id=repo_id, filename=PARAMS_FILENAME, subfolder=folder, force_download=force_download
+            repo_id=repo_id, filename=filename, subfolder=folder, force_download=force_download
         )
     except (OfflineModeIsEnabled, EntryNotFoundError, HfHubHTTPError, OSError) as err:
-        raise SaeFileUnavailableError(repo_id, folder, f"the hub download failed ({err}); {looked}") from err
+        raise SaeFileUnavailableError(
+            repo_id, folder, f"the hub download failed ({err}); {looked}", filename=filename
+        ) from err
     return SourceFile(Path(path), "hub", hf_cache_root())
 
 
-def _looked_in(repo_id: str, folder: str, mirror: str | os.PathLike[str] | None) -> str:
+def _looked_in(
+    repo_id: str, folder: str, mirror: str | os.PathLike[str] | None, filename: str = PARAMS_FILENAME
+) -> str:
     root = mirror_root(mirror)
-    where = [f"mirror {mirror_path(root, repo_id, folder)}"] if root is not None else ["no mirror set"]
+    where = (
+        [f"mirror {mirror_path(root, repo_id, folder, filename)}"] if root is not None else ["no mirror set"]
+    )
     where.append(f"Hugging Face cache {hf_constants.HF_HUB_CACHE}")
     return "looked in: " + "; ".join(where)

@@ -5,12 +5,18 @@
   style the width, the marker the source, so a trained SAE and the released one share a panel.
 * :func:`plot_by_position`: delta loss and FVU at each sequence position, one row per site.
 * :func:`plot_by_domain`: delta loss per dataset domain, one bar per SAE.
+* :func:`plot_transcoders`: each layer's transcoders next to the MLP-output SAEs of that layer and
+  the MLP output's zero ablation (delta LM loss and FVU against L0), as in the paper's transcoder
+  appendix.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -218,4 +224,120 @@ def plot_by_domain(saes: Sequence[SAEMetrics], path: Path) -> Path | None:
     ax.set_title("Delta LM loss per domain")
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
+def write_hook(sae: SAEMetrics) -> str:
+    """Where ``sae``'s reconstruction is spliced in: a transcoder's output hook, else its own hook."""
+    return sae.hook_name_out or sae.hook_name
+
+
+@dataclass(frozen=True)
+class TranscoderComparison:
+    """The SAEs that replace one layer's MLP output: transcoders (reading the MLP input), MLP-output
+    SAEs (reading the MLP output itself) and zero ablations of it. Delta LM loss and FVU (both
+    measured on the MLP output) compare directly across the three."""
+
+    layer: int | None
+    mlp_out_hook: str
+    transcoders: tuple[SAEMetrics, ...]
+    mlp_saes: tuple[SAEMetrics, ...]
+    zero_ablations: tuple[SAEMetrics, ...]
+
+
+def transcoder_comparisons(saes: Sequence[SAEMetrics]) -> list[TranscoderComparison]:
+    """One comparison per MLP output that a (non-baseline) transcoder among ``saes`` writes, in
+    layer order; empty when there is no transcoder."""
+    transcoders: dict[str, list[SAEMetrics]] = defaultdict(list)
+    for sae in saes:
+        if sae.hook_name_out is not None and not sae.is_zero_ablation:
+            transcoders[sae.hook_name_out].append(sae)
+    comparisons = []
+    for hook, members in transcoders.items():
+        others = [s for s in saes if s.hook_name_out is None and s.hook_name == hook]
+        comparisons.append(
+            TranscoderComparison(
+                layer=members[0].layer,
+                mlp_out_hook=hook,
+                transcoders=tuple(members),
+                mlp_saes=tuple(s for s in others if not s.is_zero_ablation),
+                # a zero ablation writes zeros over the MLP output whichever SAE it was shaped after
+                zero_ablations=tuple(s for s in saes if s.is_zero_ablation and write_hook(s) == hook),
+            )
+        )
+    return sorted(comparisons, key=lambda c: (-1 if c.layer is None else c.layer, c.mlp_out_hook))
+
+
+def interpolate_at_l0(ladder: Sequence[SAEMetrics], l0: float, metric: str) -> float | None:
+    """``metric`` of ``ladder`` at ``l0``, linear in log L0 between its two nearest rungs; None
+    outside the ladder's L0 range (no extrapolation)."""
+    points = sorted(
+        (float(s["l0"] or 0), float(value))
+        for s in ladder
+        if (s["l0"] or 0) > 0 and (value := s[metric]) is not None
+    )
+    for (l0_a, value_a), (l0_b, value_b) in itertools.pairwise(points):
+        if l0_a <= l0 <= l0_b:
+            share = 0.0 if l0_b == l0_a else math.log(l0 / l0_a) / math.log(l0_b / l0_a)
+            return value_a + share * (value_b - value_a)
+    return None
+
+
+#: Transcoders and MLP-output SAEs told apart by colour on the transcoder plot.
+_KIND_COLOURS = {"transcoder": "tab:red", "MLP-output SAE": "tab:blue"}
+
+
+def _ladder_lines(ax: Any, kind: str, members: Sequence[SAEMetrics], metric: str) -> list[float]:
+    """One line per (width, source) of ``members`` in ``kind``'s colour; returns the values drawn."""
+    ladders: dict[tuple[int, str], list[SAEMetrics]] = defaultdict(list)
+    for sae in members:
+        if (sae["l0"] or 0) > 0 and sae[metric] is not None:
+            ladders[sae.d_sae, sae.source].append(sae)
+    drawn: list[float] = []
+    for index, ((d_sae, source), ladder) in enumerate(sorted(ladders.items())):
+        points = sorted(ladder, key=lambda s: float(s["l0"] or 0))
+        ys = [float(s[metric] or 0) for s in points]
+        ax.plot(
+            [float(s["l0"] or 0) for s in points], ys, color=_KIND_COLOURS[kind],
+            linestyle=_WIDTH_STYLES[index % len(_WIDTH_STYLES)],
+            marker=SOURCE_MARKERS.get(source, _OTHER_MARKER), label=f"{kind} {width_label(d_sae)} ({source})",
+        )  # fmt: skip
+        drawn += ys
+    return drawn
+
+
+def _transcoder_row(row: Sequence[Any], comparison: TranscoderComparison) -> None:
+    for ax, metric in zip(row, _FRONTIER_METRICS, strict=True):
+        drawn = _ladder_lines(ax, "transcoder", comparison.transcoders, metric)
+        drawn += _ladder_lines(ax, "MLP-output SAE", comparison.mlp_saes, metric)
+        # One baseline line: every zero ablation of this MLP output measures the same thing.
+        zero = next((s[metric] for s in comparison.zero_ablations if s[metric] is not None), None)
+        if zero is not None:
+            ax.axhline(float(zero), color="grey", linestyle=(0, (1, 2)), linewidth=1.5, label="zero ablation")
+            drawn.append(float(zero))
+        _log_y(ax, drawn)
+        ax.set_xscale("log")
+        _one_two_five(ax.xaxis)
+        ax.grid(True, which="major", alpha=0.3)
+
+
+def plot_transcoders(saes: Sequence[SAEMetrics], path: Path) -> Path | None:
+    """One row per layer with a transcoder: delta LM loss and FVU against L0 for its transcoders
+    and the MLP-output SAEs of that layer, the MLP output's zero ablation dotted; None (nothing
+    written) when ``saes`` hold no transcoder."""
+    comparisons = transcoder_comparisons(saes)
+    if not comparisons:
+        return None
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(comparisons), 2, figsize=(12, 0.6 + 3.2 * len(comparisons)), squeeze=False)
+    for row, comparison in zip(axes, comparisons, strict=True):
+        _transcoder_row(row, comparison)
+        where = _layer_name(comparison.layer)
+        row[0].set_ylabel(f"MLP output {where}\n{METRIC_NAMES['delta_loss']} (nats)")
+        row[1].set_ylabel(f"MLP output {where}\n{METRIC_NAMES['fvu']}")
+        row[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    axes[0][0].set_title(f"Transcoders vs MLP-output SAEs: {METRIC_NAMES['delta_loss']}")
+    axes[0][1].set_title(f"Transcoders vs MLP-output SAEs: {METRIC_NAMES['fvu']} of the MLP output")
+    for ax in axes[-1]:
+        ax.set_xlabel("L0 (active latents per token)")
     return _save(fig, path)

@@ -8,7 +8,16 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from saelens_gemmascope.evaluation.plots import plot_by_domain, plot_by_position, plot_frontier, site_label
+from saelens_gemmascope.evaluation.plots import (
+    TranscoderComparison,
+    interpolate_at_l0,
+    plot_by_domain,
+    plot_by_position,
+    plot_frontier,
+    plot_transcoders,
+    site_label,
+    transcoder_comparisons,
+)
 from saelens_gemmascope.evaluation.result import (
     DEAD_FLAG_FRACTION,
     DENSE_FLAG_FRACTION,
@@ -22,6 +31,7 @@ REPORT_FILE = "report.md"
 FRONTIER_PLOT = "frontier.png"
 POSITION_PLOT = "by_position.png"
 DOMAIN_PLOT = "delta_loss_by_domain.png"
+TRANSCODER_PLOT = "transcoders.png"
 
 
 def _json_safe(value: Any) -> Any:
@@ -136,6 +146,74 @@ def _domain_table(saes: list[SAEMetrics]) -> list[str]:
     return [*lines, ""]
 
 
+#: The paper's transcoder appendix compares these, so the report does too (on the MLP output).
+TRANSCODER_INTRO = (
+    "A transcoder reads the MLP input (just after the pre-MLP RMSNorm) and reconstructs the MLP output; "
+    "an MLP-output SAE reads and reconstructs the MLP output itself. Spliced, both replace the MLP output, "
+    "so their delta LM loss and FVU (both measured on the MLP output) compare directly, as in the Gemma "
+    "Scope paper's transcoder appendix; the zero ablation sets the MLP output to zero."
+)
+
+
+def _comparison_rows(comparison: TranscoderComparison) -> list[str]:
+    kinds = [("transcoder", comparison.transcoders), ("MLP-output SAE", comparison.mlp_saes)]
+    kinds.append(("zero ablation", comparison.zero_ablations[:1]))  # all of them measure the same thing
+    lines = []
+    for kind, members in kinds:
+        for sae in sorted(members, key=lambda s: (s.d_sae, s["l0"] or 0)):
+            m = sae.metrics
+            lines.append(
+                f"| {kind} | {sae.label} | {sae.source} | {site_label(sae).split()[-1]} | {format_number(m['l0'])} "
+                f"| {format_number(m['delta_loss'])} | {format_number(m['fvu'])} |"
+            )
+    return lines
+
+
+def transcoder_vs_sae_lines(comparison: TranscoderComparison) -> list[str]:
+    """Each transcoder against the MLP-output SAEs of its layer at the transcoder's L0 (their delta
+    LM loss interpolated linear in log L0), as bullet lines; none where the ladders do not overlap."""
+    lines = []
+    for tc in sorted(comparison.transcoders, key=lambda s: s["l0"] or 0):
+        l0 = float(tc["l0"] or 0)
+        sae_loss = interpolate_at_l0(comparison.mlp_saes, l0, "delta_loss")
+        if sae_loss is None or tc["delta_loss"] is None:
+            continue
+        loss = float(tc["delta_loss"])
+        verdict = "lower" if loss < sae_loss else "higher"
+        lines.append(
+            f"- {tc.label} (L0 {l0:.3g}): {METRIC_NAMES['delta_loss']} {loss:.4g}, {verdict} than the "
+            f"MLP-output SAEs' {sae_loss:.4g} at that L0"
+        )
+    return lines
+
+
+def _transcoder_section(saes: list[SAEMetrics]) -> list[str]:
+    comparisons = transcoder_comparisons(saes)
+    if not comparisons:
+        return []
+    lines = ["## Transcoders against MLP-output SAEs", "", TRANSCODER_INTRO, ""]
+    for comparison in comparisons:
+        where = "embedding" if comparison.layer is None else f"layer {comparison.layer}"
+        lines += [
+            f"### MLP output, {where} (`{comparison.mlp_out_hook}`)",
+            "",
+            f"| kind | SAE | source | width | {METRIC_NAMES['l0']} | {METRIC_NAMES['delta_loss']} | "
+            f"{METRIC_NAMES['fvu']} |",
+            "|---|---|---|---|---:|---:|---:|",
+            *_comparison_rows(comparison),
+            "",
+        ]
+        at_equal_l0 = transcoder_vs_sae_lines(comparison)
+        if at_equal_l0:
+            lines += [
+                "At equal L0 (the MLP-output SAEs interpolated linear in log L0):",
+                "",
+                *at_equal_l0,
+                "",
+            ]
+    return [*lines, f"Plot: `{TRANSCODER_PLOT}`.", ""]
+
+
 def render_report(result: EvalResult, plots: dict[str, Path]) -> str:
     s = result.settings
     dense_threshold = float(s.get("dense_threshold", 0.1))
@@ -153,6 +231,7 @@ def render_report(result: EvalResult, plots: dict[str, Path]) -> str:
         *_flag_section(result.saes, dense_threshold),
         *_site_tables(result.saes, dense_threshold),
         *_domain_table(result.saes),
+        *_transcoder_section(result.saes),
         "## Plots",
         "",
     ]
@@ -171,6 +250,9 @@ def write_outputs(result: EvalResult, out_dir: str | Path) -> dict[str, Path]:
     domain_plot = plot_by_domain(result.saes, out / DOMAIN_PLOT)
     if domain_plot is not None:
         plots["by_domain"] = domain_plot
+    transcoder_plot = plot_transcoders(result.saes, out / TRANSCODER_PLOT)
+    if transcoder_plot is not None:
+        plots["transcoders"] = transcoder_plot
     metrics_path = out / METRICS_FILE
     metrics_path.write_text(json.dumps(_json_safe(result.to_dict()), indent=1, allow_nan=False) + "\n")
     report_path = out / REPORT_FILE

@@ -119,8 +119,13 @@ def encode_decode(sae: Any, plan: SplicePlan, read_act: torch.Tensor) -> tuple[t
     sae_in = read_act
     if plan.split_heads and not getattr(sae, "hook_z_reshaping_mode", False):
         sae_in = read_act.flatten(-2)
-    feature_acts = sae.encode(sae_in.to(sae.device, sae.dtype))
+    sae_in = sae_in.to(sae.device, sae.dtype)
+    feature_acts = sae.encode(sae_in)
     reconstruction = sae.decode(feature_acts)
+    # SAELens's decode is W_dec f + b_dec only; a skip transcoder's output also has its skip term.
+    w_skip = getattr(sae, "W_skip", None)
+    if w_skip is not None:
+        reconstruction = reconstruction + sae_in @ w_skip.T
     if plan.split_heads and reconstruction.ndim == 4:
         reconstruction = reconstruction.flatten(-2)
     return feature_acts, reconstruction

@@ -3,7 +3,8 @@
 * ``sae_lens.HookedSAETransformer``: through SAELens's own ``add_sae`` / ``reset_saes``.
 * ``SAETransformerBridge`` (TransformerLens 3's ``TransformerBridge``): through SAELens's
   ``add_sae`` too, except where it falls short (see ``_BRIDGE_OWN_HOOK_SITES``).
-* a plain Hugging Face ``Gemma2ForCausalLM``: through module forward hooks / pre-hooks.
+* a plain Hugging Face ``Gemma2ForCausalLM`` or ``Gemma3ForCausalLM``: through module forward hooks
+  / pre-hooks.
 
 Every kind of SAE the package loads or trains splices: plain SAEs at ``res``, ``mlp``, ``att`` (in
 SAELens's ``hook_z`` reshaping mode or not) and ``embedding``, and transcoders (SAELens's
@@ -12,8 +13,8 @@ read the MLP input and replace the MLP output.
 
 Sites come from the registered model spec (:func:`model_spec_of`: the spec named like the model, or
 the first one of its dimensions, so a plugin's model gets its own sites), and only when no
-registered spec fits from :func:`saelens_gemmascope.models.gemma2.gemma2_sites` sized by the model's
-own config, so any Gemma 2 (real, random or tiny) still works.
+registered spec fits from the Gemma 2 or Gemma 3 sites sized by the model's own config
+(:func:`inferred_spec_of`), so any Gemma 2 or Gemma 3 (real, random or tiny) still works.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_spec
+from saelens_gemmascope.models.gemma3 import Gemma3Dims, gemma3_spec
 from saelens_gemmascope.models.lookup import find_spec_for_model
 from saelens_gemmascope.models.spec import HookPoint, ModelSpec
 from saelens_gemmascope.registry import registered_models
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from sae_lens import SAE
 
 ModelKind = Literal["hooked", "bridge", "hf"]
+
+#: Hugging Face ``model_type`` of the causal LMs attached to directly.
+_HF_MODEL_TYPES = frozenset({"gemma2", "gemma3_text"})
 
 
 def model_kind(model: Any) -> ModelKind:
@@ -44,20 +49,52 @@ def model_kind(model: Any) -> ModelKind:
     if isinstance(model, HookedTransformer):
         return "hooked"
     config = getattr(model, "config", None)
-    if config is not None and getattr(config, "model_type", None) == "gemma2":
+    if config is not None and getattr(config, "model_type", None) in _HF_MODEL_TYPES:
         return "hf"
     raise TypeError(
-        f"Expected a HookedSAETransformer, an SAETransformerBridge or a Hugging Face Gemma2ForCausalLM, "
-        f"got {type(model).__name__}"
+        "Expected a HookedSAETransformer, an SAETransformerBridge or a Hugging Face Gemma2ForCausalLM "
+        f"or Gemma3ForCausalLM, got {type(model).__name__}"
     )
 
 
 def model_spec_of(model: Any) -> ModelSpec:
     """The spec whose sites ``model`` is read and spliced at: the registered one that fits its name
     and dimensions (:func:`~saelens_gemmascope.models.lookup.find_spec_for_model`), else the Gemma 2
-    layout inferred from its config (:func:`gemma2_spec_of`)."""
-    inferred = gemma2_spec_of(model)
+    or Gemma 3 layout inferred from its config (:func:`inferred_spec_of`)."""
+    inferred = inferred_spec_of(model)
     return find_spec_for_model(registered_models(), inferred) or inferred
+
+
+def inferred_spec_of(model: Any) -> ModelSpec:
+    """The Gemma 3 layout of a Gemma 3 ``model``, else the Gemma 2 one, sized from its own config."""
+    return gemma3_spec_of(model) if is_gemma3(model) else gemma2_spec_of(model)
+
+
+def is_gemma3(model: Any) -> bool:
+    """Whether ``model`` (any kind) is a Gemma 3 text model, by its config's architecture."""
+    kind = model_kind(model)
+    if kind == "hf":
+        return bool(model.config.model_type == "gemma3_text")
+    field = "architecture" if kind == "bridge" else "original_architecture"
+    return str(getattr(model.cfg, field, None) or "").startswith("Gemma3")
+
+
+def gemma3_spec_of(model: Any) -> ModelSpec:
+    """The Gemma 3 site layout of ``model``, sized from its own config as :func:`gemma2_spec_of`
+    reads it. No site depends on the sliding window or the query scale, so they are left 0."""
+    base = gemma2_spec_of(model)
+    dims = Gemma3Dims(
+        d_model=base.d_model,
+        n_layers=base.n_layers,
+        n_heads=base.n_heads,
+        n_kv_heads=base.n_kv_heads,
+        d_head=base.d_head,
+        d_mlp=base.d_mlp,
+        d_vocab=base.d_vocab,
+        sliding_window=0,
+        query_pre_attn_scalar=0,
+    )
+    return gemma3_spec(base.name, dims, hf_repo="")
 
 
 def gemma2_spec_of(model: Any) -> ModelSpec:
@@ -408,7 +445,7 @@ def attach_sae(
     """Make ``model`` use ``sae``'s reconstruction at ``site`` (and ``layer``) in every forward pass.
 
     ``model`` is a ``HookedSAETransformer``, an ``SAETransformerBridge`` or a Hugging Face
-    ``Gemma2ForCausalLM``. ``sae`` is any SAE the package loads or trains; a transcoder (SAELens's
+    ``Gemma2ForCausalLM`` or ``Gemma3ForCausalLM``. ``sae`` is any SAE the package loads or trains; a transcoder (SAELens's
     ``Transcoder`` classes, skip transcoders included) goes at site ``transcoder``, where it reads
     the MLP input (``hook_point(...).tl_hook``) and replaces the MLP output (``.output``).
     ``use_error_term=True`` adds back the SAE's error, so the output is unchanged while the SAE's

@@ -1,9 +1,10 @@
-"""Wrap an in-memory Hugging Face ``Gemma2ForCausalLM`` for TransformerLens, without the hub.
+"""Wrap an in-memory Hugging Face ``Gemma2ForCausalLM`` or ``Gemma3ForCausalLM`` for TransformerLens,
+without the hub.
 
 Two wrappers, for the two TransformerLens APIs SAELens attaches SAEs to:
 
 * :func:`hooked_transformer_from_hf` copies the weights into a ``sae_lens.HookedSAETransformer``
-  (TransformerLens's own Gemma 2 implementation), unprocessed: no LayerNorm folding and no
+  (TransformerLens's own Gemma 2 / Gemma 3 implementation), unprocessed: no LayerNorm folding and no
   centering, so every hook sees the tensor Hugging Face computes.
 * :func:`transformer_bridge_from_hf` wraps the HF model itself in a ``SAETransformerBridge``
   (TransformerLens 3's ``TransformerBridge`` with SAELens's SAE attachment). The bridge inserts its
@@ -18,9 +19,18 @@ if TYPE_CHECKING:
     from sae_lens import HookedSAETransformer
     from sae_lens.analysis.sae_transformer_bridge import SAETransformerBridge
     from transformer_lens import HookedTransformerConfig
-    from transformers import Gemma2Config, Gemma2ForCausalLM, PreTrainedTokenizerBase
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        PreTrainedTokenizerBase,
+    )
 
 GEMMA2_ARCHITECTURE = "Gemma2ForCausalLM"
+GEMMA3_ARCHITECTURE = "Gemma3ForCausalLM"
+#: ``model_type`` of a Gemma 3 text config (``Gemma3ForCausalLM``, or a multimodal model's text part).
+GEMMA3_TEXT_MODEL_TYPE = "gemma3_text"
 
 #: HF ``layer_types`` entries -> TransformerLens ``attn_types``.
 _ATTN_TYPES = {"sliding_attention": "local", "full_attention": "global"}
@@ -31,19 +41,60 @@ def _rope_theta(hf_config: Gemma2Config) -> float:
     return float(params.get("rope_theta", getattr(hf_config, "rope_theta", 10_000.0)))
 
 
-def hooked_config_from_hf(hf_config: Gemma2Config, model_name: str | None = None) -> HookedTransformerConfig:
-    """The ``HookedTransformerConfig`` TransformerLens would build for this Gemma 2 config.
+def hooked_config_from_hf(
+    hf_config: Gemma2Config | Gemma3TextConfig, model_name: str | None = None
+) -> HookedTransformerConfig:
+    """The ``HookedTransformerConfig`` TransformerLens would build for this Gemma 2 or Gemma 3 config.
 
-    Mirrors the gemma-2 entries of ``transformer_lens.loading_from_pretrained`` but reads every
-    number from the HF config, so it also serves the tiny model and randomly initialised
-    full-size models.
+    Mirrors the gemma-2 and gemma-3 entries of ``transformer_lens.loading_from_pretrained`` but
+    reads every number from the HF config, so it also serves the tiny models and randomly
+    initialised full-size models.
     """
-    import torch
     from transformer_lens import HookedTransformerConfig
 
+    if getattr(hf_config, "model_type", None) == GEMMA3_TEXT_MODEL_TYPE:
+        return HookedTransformerConfig(**_gemma3_fields(hf_config, model_name))
+    return HookedTransformerConfig(**_gemma2_fields(hf_config, model_name))
+
+
+def _gemma2_fields(hf_config: Gemma2Config, model_name: str | None) -> dict[str, Any]:
+    return {
+        **_shared_gemma_fields(hf_config),
+        "rotary_base": _rope_theta(hf_config),
+        "original_architecture": GEMMA2_ARCHITECTURE,
+        "model_name": model_name or getattr(hf_config, "name_or_path", "") or "gemma-2",
+    }
+
+
+def _gemma3_fields(hf_config: Gemma3TextConfig, model_name: str | None) -> dict[str, Any]:
+    """Gemma 3 on top of the shared fields: QK-norm, and RoPE per layer type (``rope_parameters``
+    keyed by ``full_attention`` / ``sliding_attention``; the global layers may scale positions
+    linearly, as 4b, 12b and 27b do)."""
+    rope = hf_config.rope_parameters or {}
+    global_rope, local_rope = rope["full_attention"], rope["sliding_attention"]
+    if local_rope.get("rope_type", "default") != "default":
+        raise ValueError(f"unsupported RoPE on Gemma 3's local layers: {local_rope}")
+    global_type = global_rope.get("rope_type", "default")
+    if global_type not in ("default", "linear"):
+        raise ValueError(f"unsupported RoPE on Gemma 3's global layers: {global_rope}")
+    return {
+        **_shared_gemma_fields(hf_config),
+        "use_qk_norm": True,
+        "rotary_base": float(global_rope["rope_theta"]),
+        "rotary_base_local": float(local_rope["rope_theta"]),
+        "rotary_scaling_factor": float(global_rope.get("factor", 1.0)) if global_type == "linear" else 1.0,
+        "original_architecture": GEMMA3_ARCHITECTURE,
+        "model_name": model_name or getattr(hf_config, "name_or_path", "") or "gemma-3",
+    }
+
+
+def _shared_gemma_fields(hf_config: Gemma2Config | Gemma3TextConfig) -> dict[str, Any]:
+    """What Gemma 2 and Gemma 3 configs convert alike."""
+    import torch
+
     if hf_config.hidden_activation is None:
-        raise ValueError("Gemma 2 config has no hidden_activation")
-    return HookedTransformerConfig(
+        raise ValueError(f"{type(hf_config).__name__} has no hidden_activation")
+    return dict(
         d_model=hf_config.hidden_size,
         d_head=hf_config.head_dim,
         n_heads=hf_config.num_attention_heads,
@@ -59,9 +110,9 @@ def hooked_config_from_hf(hf_config: Gemma2Config, model_name: str | None = None
         final_rms=True,
         use_normalization_before_and_after=True,
         positional_embedding_type="rotary",
-        rotary_base=_rope_theta(hf_config),
         rotary_dim=hf_config.head_dim,
-        # HF scales queries by query_pre_attn_scalar**-0.5 (256 for 2b/9b = d_head; 144 for 27b).
+        # HF scales queries by query_pre_attn_scalar**-0.5: d_head for most sizes, but 144 for
+        # gemma-2-27b and 168 for gemma-3-27b (d_head 128 for both).
         use_attn_scale=True,
         attn_scale=float(hf_config.query_pre_attn_scalar) ** 0.5,
         use_local_attn=True,
@@ -70,8 +121,6 @@ def hooked_config_from_hf(hf_config: Gemma2Config, model_name: str | None = None
         attn_scores_soft_cap=hf_config.attn_logit_softcapping or -1.0,
         output_logits_soft_cap=hf_config.final_logit_softcapping or -1.0,
         gated_mlp=True,
-        original_architecture=GEMMA2_ARCHITECTURE,
-        model_name=model_name or getattr(hf_config, "name_or_path", "") or "gemma-2",
         tokenizer_name=None,
         default_prepend_bos=True,
         init_weights=False,
@@ -81,7 +130,7 @@ def hooked_config_from_hf(hf_config: Gemma2Config, model_name: str | None = None
 
 
 def hooked_transformer_from_hf(
-    hf_model: Gemma2ForCausalLM,
+    hf_model: Gemma2ForCausalLM | Gemma3ForCausalLM,
     tokenizer: PreTrainedTokenizerBase | None,
     model_name: str | None = None,
 ) -> HookedSAETransformer:
@@ -110,7 +159,7 @@ def hooked_transformer_from_hf(
 
 
 def transformer_bridge_from_hf(
-    hf_model: Gemma2ForCausalLM,
+    hf_model: Gemma2ForCausalLM | Gemma3ForCausalLM,
     tokenizer: PreTrainedTokenizerBase,
     model_name: str | None = None,
     **boot_kwargs: Any,

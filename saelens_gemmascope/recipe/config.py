@@ -14,6 +14,10 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.transcoder import (
+    GemmaScopeTrainingSkipTranscoderConfig,
+    GemmaScopeTrainingTranscoderConfig,
+)
 
 
 class BufferTooSmallError(ValueError):
@@ -56,6 +60,21 @@ def gemmascope_sae_config(
 ) -> GemmaScopeTrainingSAEConfig:
     """A ``jumprelu_gemmascope`` SAE config with the recipe's defaults (see its docstring)."""
     return GemmaScopeTrainingSAEConfig(d_in=d_in, d_sae=d_sae, l0_coefficient=l0_coefficient, **overrides)
+
+
+def gemmascope_transcoder_config(
+    d_in: int,
+    d_sae: int,
+    l0_coefficient: float = 1e-3,
+    *,
+    d_out: int | None = None,
+    skip: bool = False,
+    **overrides: Any,
+) -> GemmaScopeTrainingTranscoderConfig:
+    """A ``jumprelu_gemmascope_transcoder`` config (``skip``: ``jumprelu_gemmascope_skip_transcoder``)
+    with the recipe's defaults; train it on ``recipe.transcoder.paired_hook(input, output)``."""
+    cls = GemmaScopeTrainingSkipTranscoderConfig if skip else GemmaScopeTrainingTranscoderConfig
+    return cls(d_in=d_in, d_sae=d_sae, d_out=d_out, l0_coefficient=l0_coefficient, **overrides)
 
 
 def gemmascope_ladder(

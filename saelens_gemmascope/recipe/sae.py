@@ -262,16 +262,36 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             return "hooks are attached to the SAE; the sparse path skips the hook points after the encoder"
         return None
 
+    # -- what a transcoder changes (recipe.transcoder overrides these four) ----------------------
+
+    def split_step_input(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's input and the reconstruction target of a training batch (an SAE: both ``batch``)."""
+        return batch, batch
+
+    def pre_encoder_bias(self) -> torch.Tensor | None:
+        """The bias subtracted from the input before the encoder, if any (an SAE: ``b_dec``)."""
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
+
+    def add_skip(self, sae_out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction plus any term that reads the input directly (an SAE: none)."""
+        return sae_out
+
+    @property
+    def d_out(self) -> int:
+        """Width of the reconstruction (an SAE's is its input's)."""
+        return int(self.W_dec.shape[1])
+
     def _training_forward_pass_choosing_path(self, step_input: TrainStepInput) -> TrainStepOutput:
-        """The step with ``fast_path`` ``"auto"`` or ``"sparse"``: the dense encoder product, then the
-        dense or the sparse rest (see :class:`GemmaScopeTrainingSAEConfig`)."""
-        blocker = self._sparse_path_blocker(step_input.sae_in)
+        """The step with ``fast_path`` ``"auto"`` or ``"sparse"`` (a transcoder: ``"dense"`` too): the
+        dense encoder product, then the dense or the sparse rest (see :class:`GemmaScopeTrainingSAEConfig`)."""
+        x, target = self.split_step_input(step_input.sae_in)
+        blocker = "fast_path='dense'" if self.cfg.fast_path == "dense" else self._sparse_path_blocker(x)
         if blocker is not None and self.cfg.fast_path == "sparse":
             raise ValueError(f"fast_path='sparse' cannot run this step: {blocker}")
         eps = self.cfg.jumprelu_bandwidth
         # The encoder as encode_with_hidden_pre computes it (autocast included). Its graph is only
         # walked by the dense rest; the sparse rest computes the encoder's gradients itself.
-        sae_in, hidden_pre = self._encoder_product(step_input.sae_in)
+        sae_in, hidden_pre = self._encoder_product(x)
         # θ as stored, as in _activate: both paths compare in (at least) float32.
         threshold = self.threshold_values
         entries = None
@@ -286,37 +306,40 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         if entries is None:
             self.last_step_path = "dense"
             feature_acts = self._activate(hidden_pre)
-            sae_out = self.decode(feature_acts)
+            sae_out = self.add_skip(self.decode(feature_acts), x)
             l0_per_row = step(hidden_pre, threshold, eps).sum(dim=-1)
-            return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row)
+            return self._step_output(step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row)
         self.last_step_path = "sparse"
-        pre_encoder_bias = self.b_dec if self.cfg.apply_b_dec_to_input else None
         # sae_in carries no gradient (checked above); the Function computes only the parameters'.
         decoded, l0_per_row = SparseJumpReLUStep.apply(
             sae_in.detach().reshape(-1, self.cfg.d_in), self.W_enc, self.b_enc, self.W_dec, threshold,
-            pre_encoder_bias, entries, eps,
+            self.pre_encoder_bias(), entries, eps,
         )  # fmt: skip
         leading = hidden_pre.shape[:-1]
         # decode()'s b_dec; its hooks are idle (checked above) and normalize_activations is "none".
-        sae_out = decoded.reshape(*leading, self.cfg.d_in) + self.b_dec
+        sae_out = self.add_skip(decoded.reshape(*leading, self.d_out) + self.b_dec, x)
         with torch.no_grad():
             feature_acts = entries.feature_acts().reshape(hidden_pre.shape)
-        return self._step_output(step_input, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading))
+        return self._step_output(
+            step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading)
+        )
 
     def _step_output(
         self,
         step_input: TrainStepInput,
+        target: torch.Tensor,
         sae_out: torch.Tensor,
         feature_acts: torch.Tensor,
         hidden_pre: torch.Tensor,
         l0_per_row: torch.Tensor,
     ) -> TrainStepOutput:
         # The losses as SAELens's TrainingSAE.training_forward_pass forms them (it has no seam
-        # for a forward pass that yields the L0 itself): MSE summed over d_in, mean over rows.
-        mse_loss = self.mse_loss_fn(sae_out, step_input.sae_in).sum(dim=-1).mean()
+        # for a forward pass that yields the L0 itself): MSE summed over the output, mean over rows.
+        # ``sae_in`` is the target, so that SAELens's logged metrics compare like with like.
+        mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()
         l0_loss = self._l0_loss(step_input, l0_per_row)
         return TrainStepOutput(
-            sae_in=step_input.sae_in, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
+            sae_in=target, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
             loss=mse_loss + l0_loss, losses={"mse_loss": mse_loss, "l0_loss": l0_loss},
         )  # fmt: skip
 

@@ -13,7 +13,9 @@ a NaN in the activations or a diverging SAE stops the run before anything non-fi
 
 The input scale C rides on SAELens's own ``ActivationScaler`` (scaling factor 1/C): SAELens
 saves and restores it with every checkpoint and, after training, hands it to the SAE's
-``fold_activation_norm_scaling_factor``, which does the Gemma Scope fold.
+``fold_activation_norm_scaling_factor``, which does the Gemma Scope fold. A transcoder
+(:mod:`~saelens_gemmascope.recipe.transcoder`) gets C_in and C_out from one pass over its paired rows:
+the scaler holds 1/C_in, the transcoder the ratio C_out/C_in.
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ from saelens_gemmascope.recipe.finite_guard import (
     training_stopped_message,
 )
 from saelens_gemmascope.recipe.input_scale import (
+    TARGET_SUFFIX,
     MeanSquaredNormMeter,
     estimate_input_scale,
     estimate_input_scales,
+    estimate_paired_scales,
 )
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.recipe.schedules import cosine_warm_up_scheduler
+from saelens_gemmascope.recipe.transcoder import GemmaScopeTrainingTranscoder
 
 
 class Collectives(Protocol):
@@ -232,8 +237,15 @@ class GemmaScopeSAETrainer(SAETrainerSeams):
             return
         scale = 1.0
         if self.recipe.input_scaling == "unit_mean_squared_norm":
+            n_batches = self.cfg.n_batches_for_norm_estimate
             with _naming_hooks([self.hook_name]):
-                scale = estimate_input_scale(self.data_provider, self.cfg.n_batches_for_norm_estimate)
+                if isinstance(self.sae, GemmaScopeTrainingTranscoder):
+                    scale, output_scale = estimate_paired_scales(
+                        self.data_provider, n_batches, self.sae.cfg.d_in
+                    )
+                    self.sae.set_scales(scale, output_scale)
+                else:
+                    scale = estimate_input_scale(self.data_provider, n_batches)
         # Set even when C = 1, so that SAELens's fit() always calls the fold (pre-encoder bias).
         self.activation_scaler.scaling_factor = 1.0 / scale
 
@@ -380,17 +392,27 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainerSeams):
             for name, trainer in pending.items()
             if trainer.recipe is not None and trainer.recipe.input_scaling == "unit_mean_squared_norm"
         }
+        # A transcoder's paired hook: C_in from its input columns, C_out from its target columns.
+        paired = {
+            self.hook_names[name]: trainer.sae.cfg.d_in
+            for name, trainer in pending.items()
+            if isinstance(trainer.sae, GemmaScopeTrainingTranscoder) and self.hook_names[name] in scaled_hooks
+        }
         scales: dict[str, float] = {}
         if scaled_hooks:
             with _naming_hooks(sorted(scaled_hooks)):
                 scales = estimate_input_scales(
                     self.data_provider, scaled_hooks, self.cfg.n_batches_for_norm_estimate,
                     combine=self.collectives.sum_meters if self.collectives is not None else None,
+                    paired_input_widths=paired,
                 )  # fmt: skip
         for name, trainer in pending.items():
             assert trainer.recipe is not None
+            hook = self.hook_names[name]
             scaled = trainer.recipe.input_scaling == "unit_mean_squared_norm"
-            trainer.activation_scaler.scaling_factor = 1.0 / scales[self.hook_names[name]] if scaled else 1.0
+            trainer.activation_scaler.scaling_factor = 1.0 / scales[hook] if scaled else 1.0
+            if scaled and isinstance(trainer.sae, GemmaScopeTrainingTranscoder):
+                trainer.sae.set_scales(scales[hook], scales[hook + TARGET_SUFFIX])
 
     def load_checkpoint(self, path: str | Path) -> None:
         super().load_checkpoint(path)

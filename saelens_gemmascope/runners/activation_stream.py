@@ -40,7 +40,8 @@ from sae_lens.training.activations_store import ActivationsStore
 from sae_lens.training.prefetch import PrefetchingIterator
 from safetensors.torch import load_file, save_file
 
-from saelens_gemmascope.compat import filtered_multi_hook_llm_batch
+from saelens_gemmascope.compat import capture_hooks, filtered_multi_hook_llm_batch
+from saelens_gemmascope.recipe.transcoder import real_hooks, split_paired_hook
 
 #: The stream's state in a checkpoint folder, written atomically after SAELens's files (then only
 #: the checkpoint's manifest, :data:`saelens_gemmascope.runners.checkpoints.MANIFEST_FILENAME`,
@@ -93,6 +94,24 @@ class StreamPosition:
         )
 
 
+def paired_batch(raw: Batch, keys: list[str]) -> Batch:
+    """The stream's batch by ``keys`` from one forward pass's ``raw`` activations by real hook: a
+    transcoder's paired key gets ``[input ; output]`` side by side, so that shuffling keeps each row's
+    input with its own target. The rows are the same in every hook (one special-token mask)."""
+    batch: Batch = {}
+    for key in keys:
+        pair = split_paired_hook(key)
+        batch[key] = raw[key] if pair is None else torch.cat([raw[pair[0]], raw[pair[1]]], dim=-1)
+    return batch
+
+
+def capture_for_keys(store: ActivationsStore, keys: list[str], widths: Mapping[str, int]) -> None:
+    """When ``keys`` hold a paired key, make ``store`` capture the real hooks (``widths``: each real
+    hook's width) in one forward pass; nothing to do otherwise."""
+    if any(split_paired_hook(key) is not None for key in keys):
+        capture_hooks(store, {hook: widths[hook] for hook in real_hooks(keys)})
+
+
 def _rows(batch: Batch) -> int:
     return next(iter(batch.values())).shape[0] if batch else 0
 
@@ -132,6 +151,7 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
         mix_fraction: float,
         seed: int,
         single_hook: str | None = None,
+        paired_keys: list[str] | None = None,
     ) -> None:
         if buffer_tokens < batch_tokens:
             raise ValueError("the mixing buffer must hold at least one training batch")
@@ -143,6 +163,8 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
         self.keep_tokens = int(buffer_tokens * mix_fraction)
         self.shuffle = mix_fraction > 0
         self.single_hook = single_hook
+        # The keys served when some are paired (transcoders): the store captures their real hooks.
+        self.paired_keys = paired_keys
         self.generator = torch.Generator().manual_seed(seed)
         self.n_llm_batches = 0
         self.pool: Batch = {}
@@ -156,9 +178,12 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
         seed: int,
         single_hook: str | None = None,
         batch_tokens: int | None = None,
+        paired_keys: list[str] | None = None,
     ) -> ResumableActivationStream:
         """The stream with the store's own buffer settings (as SAELens's data loader would use);
-        ``batch_tokens`` replaces the store's batch size (a rank's share of a distributed batch)."""
+        ``batch_tokens`` replaces the store's batch size (a rank's share of a distributed batch);
+        ``paired_keys``: serve these keys, transcoders' paired ones side by side (see
+        :func:`paired_batch`; the store must capture their real hooks, :func:`capture_for_keys`)."""
         return cls(
             store,
             buffer_tokens=store.n_batches_in_buffer * store.training_context_size,
@@ -166,6 +191,7 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
             mix_fraction=store.activations_mixing_fraction,
             seed=seed,
             single_hook=single_hook,
+            paired_keys=paired_keys,
         )
 
     @property
@@ -190,7 +216,8 @@ class ResumableActivationStream(Iterator[tuple[StreamPosition, Batch]]):
             return {
                 self.single_hook: self.store.get_filtered_llm_batch(raise_on_epoch_end=raise_on_epoch_end)
             }
-        return filtered_multi_hook_llm_batch(self.store, raise_on_epoch_end=raise_on_epoch_end)
+        raw = filtered_multi_hook_llm_batch(self.store, raise_on_epoch_end=raise_on_epoch_end)
+        return raw if self.paired_keys is None else paired_batch(raw, self.paired_keys)
 
     def _skip_llm_batch(self, raise_on_epoch_end: bool) -> None:
         if self.store.cached_activation_dataset is not None:

@@ -202,10 +202,13 @@ def _resolve_one(cls: type, name: str, annotation: Any) -> Any:
 
 @functools.cache
 def sae_field_types() -> Mapping[str, Any]:
-    """Settable fields of ``GemmaScopeTrainingSAEConfig`` and their annotations."""
-    from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+    """Settable fields of ``GemmaScopeTrainingSAEConfig`` and their annotations, with the transcoder
+    config's own (``d_out``, ``encoder_init``, ``pre_encoder_bias``: a superset; an SAE refuses them)."""
+    from saelens_gemmascope.recipe.transcoder import GemmaScopeTrainingTranscoderConfig
 
-    return types.MappingProxyType(_field_hints(GemmaScopeTrainingSAEConfig, ("metadata", *RUN_LEVEL_KEYS)))
+    return types.MappingProxyType(
+        _field_hints(GemmaScopeTrainingTranscoderConfig, ("metadata", *RUN_LEVEL_KEYS))
+    )
 
 
 @functools.cache

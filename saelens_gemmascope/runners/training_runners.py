@@ -34,7 +34,7 @@ SAEs). See :mod:`saelens_gemmascope.distributed.collectives`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,11 +54,13 @@ from saelens_gemmascope.compat import (
 from saelens_gemmascope.distributed.collectives import Collectives, GatheredBatches, owned_names
 from saelens_gemmascope.distributed.spec import DistributedSpec
 from saelens_gemmascope.recipe.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
+from saelens_gemmascope.recipe.transcoder import split_paired_hook
 from saelens_gemmascope.runners.activation_stream import (
     STREAM_STATE_FILENAME,
     PositionTracker,
     PrefetchingPositionTracker,
     ResumableActivationStream,
+    capture_for_keys,
     restore_stream,
     tracked_batches,
 )
@@ -101,11 +103,39 @@ def default_dataset(cfg: Any, override_dataset: Any, model: Any, distributed: Di
     return dataset
 
 
+def paired_stream_keys(store: ActivationsStore, sae_cfgs_by_key: Mapping[str, Any]) -> list[str] | None:
+    """The keys a stream serves when one of them is a transcoder's paired key (input and output hooks,
+    read from one forward pass and served side by side), after making ``store`` capture the real
+    hooks; ``None`` (the store's own hooks) when no key is paired. ``sae_cfgs_by_key``: one SAE config
+    per key, which gives the hooks' widths (a transcoder's ``d_in`` and ``d_out``)."""
+    keys = list(sae_cfgs_by_key)
+    if not any(split_paired_hook(key) for key in keys):
+        return None
+    widths: dict[str, int] = {}
+    for key, sae_cfg in sae_cfgs_by_key.items():
+        pair = split_paired_hook(key)
+        if pair is None:
+            widths[key] = sae_cfg.d_in
+        else:
+            widths[pair[0]], widths[pair[1]] = sae_cfg.d_in, sae_cfg.d_out
+    capture_for_keys(store, keys, widths)
+    return keys
+
+
+def _refuse_cached_transcoder(cfg: Any, key: str) -> None:
+    if split_paired_hook(key) is not None and getattr(cfg, "cached_activations_path", None):
+        raise ValueError(
+            f"cached activations hold one hook per cache, and a transcoder ({key}) reads two: train "
+            "transcoders on live activations (no --cached-activations)"
+        )
+
+
 def _open_stream(
     store: ActivationsStore,
     cfg: Any,
     single_hook: str | None = None,
     distributed: DistributedSpec | None = None,
+    paired_keys: list[str] | None = None,
 ) -> tuple[ResumableActivationStream, bool]:
     """The stream, at the resume checkpoint's position if there is one; and whether that position
     is exact (False: the store was fast-forwarded by SAELens's own, approximate, resume).
@@ -119,6 +149,7 @@ def _open_stream(
         batch_tokens=distributed.local_batch(cfg.train_batch_size_tokens)
         if distributed is not None
         else None,
+        paired_keys=paired_keys,
     )
     checkpoint = cfg.resume_from_checkpoint
     if checkpoint is None or restore_stream(stream, checkpoint):
@@ -262,7 +293,12 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
     def _train(self, watch: InterruptWatch) -> TrainingSAE[Any]:
         hook = self.cfg.hook_name
-        stream, self._exact_position = _open_stream(self.activations_store, self.cfg, single_hook=hook)
+        _refuse_cached_transcoder(self.cfg, hook)
+        # A transcoder's paired key: the store captures both hooks of one forward pass.
+        paired = paired_stream_keys(self.activations_store, {hook: self.cfg.sae})
+        stream, self._exact_position = _open_stream(
+            self.activations_store, self.cfg, single_hook=hook if paired is None else None, paired_keys=paired
+        )
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches, select=hook)
 
         def fit(trainer: InterruptibleSAETrainer) -> TrainingSAE[Any]:
@@ -334,7 +370,11 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
     def _train(self, watch: InterruptWatch) -> dict[str, TrainingSAE[Any]]:
         distributed = self.distributed
-        stream, self._exact_position = _open_stream(self.activations_store, self.cfg, distributed=distributed)
+        by_key = {hook: self.cfg.saes[name] for name, hook in self.cfg.hook_names_per_sae.items()}
+        paired = paired_stream_keys(self.activations_store, by_key)
+        stream, self._exact_position = _open_stream(
+            self.activations_store, self.cfg, distributed=distributed, paired_keys=paired
+        )
         self._batches = tracked_batches(stream, self.cfg.prefetch_llm_batches)
         sharded = distributed is not None and distributed.mode == "sae"
         data_parallel = distributed is not None and distributed.mode == "data"

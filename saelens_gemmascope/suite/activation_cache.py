@@ -18,6 +18,7 @@ from sae_lens.config import CacheActivationsRunnerConfig
 from saelens_gemmascope.compat import init_cache_activations_runner
 from saelens_gemmascope.suite.checks import cache_bytes
 from saelens_gemmascope.suite.configs import PresetSAE
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 
 class CacheActivationsRunnerWithModel(CacheActivationsRunner):
@@ -31,6 +32,16 @@ class CacheActivationsRunnerWithModel(CacheActivationsRunner):
 
     def __init__(self, cfg: CacheActivationsRunnerConfig, model: Any, override_dataset: Any = None) -> None:
         init_cache_activations_runner(self, cfg, model, override_dataset)
+
+
+def refuse_cached_transcoders(presets: Sequence[TrainingPreset]) -> None:
+    """Cached activations hold one hook per cache; a transcoder reads two (its input and its target)."""
+    transcoders = sorted(p.name for p in presets if p.output_hook_name is not None)
+    if transcoders:
+        raise ValueError(
+            f"--cached-activations is not supported for transcoders ({', '.join(transcoders)}): a cache "
+            "holds one hook and a transcoder reads two; train them without --cached-activations"
+        )
 
 
 def cached_tokens(path: Path, context_size: int) -> int:

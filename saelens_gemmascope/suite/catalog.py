@@ -13,15 +13,10 @@ from typing import Any
 
 from saelens_gemmascope.directory.manifest import EMBEDDING, SuiteManifest, load_manifest
 from saelens_gemmascope.models.spec import ModelSpec
+from saelens_gemmascope.recipe.transcoder import TRANSCODER_ARCHITECTURE, paired_hook
 from saelens_gemmascope.suite.preset import TrainingPreset
 
 TRANSCODER = "transcoder"
-
-TRANSCODER_NOT_BUILT = (
-    "transcoder training is not built: SAELens's runners feed each SAE one hook, while a transcoder "
-    "reads the MLP input and reconstructs the MLP output (and the recipe drops the "
-    "W_enc = W_decᵀ init and the pre-encoder bias for them)"
-)
 
 #: Per-width share of the training budget spent on each calibration probe run (real presets).
 CALIBRATION_FRACTION = 20
@@ -64,9 +59,35 @@ def build_preset(
         l0_targets=tuple(sorted(float(t) for t in l0_targets)),
         width=width,
         output_hook_name=output_hook,
-        not_trainable_reason=TRANSCODER_NOT_BUILT if site == TRANSCODER else None,
+        **({"architecture": TRANSCODER_ARCHITECTURE} if site == TRANSCODER else {}),
         **fields,
     )
+
+
+def is_transcoder_preset(preset: TrainingPreset) -> bool:
+    """A preset whose SAEs read one hook and reconstruct another (``output_hook_name``)."""
+    return preset.output_hook_name is not None
+
+
+def stream_key(preset: TrainingPreset) -> str:
+    """The key the preset's SAEs train on: its hook, or for a transcoder the paired key of its input
+    and output hooks (both read from one forward pass; ``recipe.transcoder.paired_hook``)."""
+    if preset.output_hook_name is None:
+        return preset.hook_name
+    return paired_hook(preset.hook_name, preset.output_hook_name)
+
+
+def stream_width(preset: TrainingPreset) -> int:
+    """Width of one row the preset's SAEs train on (a transcoder's: input and target side by side)."""
+    return preset.d_in * 2 if is_transcoder_preset(preset) else preset.d_in
+
+
+def model_hooks(preset: TrainingPreset) -> dict[str, int]:
+    """The model hooks the preset reads, with their widths (a transcoder's: input and output)."""
+    hooks = {preset.hook_name: preset.d_in}
+    if preset.output_hook_name is not None:
+        hooks[preset.output_hook_name] = preset.d_in  # Gemma Scope transcoders: d_out = d_in = d_model
+    return hooks
 
 
 def gemmascope_presets(

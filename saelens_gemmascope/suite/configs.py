@@ -28,11 +28,14 @@ from saelens_gemmascope.recipe.config import (
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
     gemmascope_sae_config,
+    gemmascope_transcoder_config,
 )
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.transcoder import SKIP_TRANSCODER_ARCHITECTURE
 from saelens_gemmascope.runners.data_sources import STDLIB_SOURCE
 from saelens_gemmascope.runners.overrides import RoutedOverrides, route_overrides
 from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.catalog import is_transcoder_preset, stream_key
 from saelens_gemmascope.suite.checks import check_input_width
 from saelens_gemmascope.suite.preset import TrainingPreset
 
@@ -98,7 +101,20 @@ def sae_config_for(sae: PresetSAE, spec: RunSpec) -> GemmaScopeTrainingSAEConfig
     # The λ of a rung is the ladder's (explicit or calibrated); an l0_coefficient override is turned
     # into a one-rung ladder by the caller (see ladder_from_spec), never applied on top of it.
     settings.pop("l0_coefficient", None)
+    if is_transcoder_preset(sae.preset):
+        # The preset's architecture says plain or skip transcoder; it trains on the paired key.
+        skip = sae.preset.architecture == SKIP_TRANSCODER_ARCHITECTURE
+        return gemmascope_transcoder_config(sae.preset.d_in, d_sae, sae.l0_coefficient, skip=skip, **settings)
+    only_transcoders = sorted(set(settings) & TRANSCODER_ONLY_FIELDS)
+    if only_transcoders:
+        raise ValueError(
+            f"{', '.join(only_transcoders)}: transcoder setting(s), but {sae.preset.name!r} is an SAE preset"
+        )
     return gemmascope_sae_config(sae.preset.d_in, d_sae, sae.l0_coefficient, **settings)
+
+
+#: SAE-level settings only a transcoder config has.
+TRANSCODER_ONLY_FIELDS = frozenset({"d_out", "encoder_init", "pre_encoder_bias"})
 
 
 def run_defaults(spec: RunSpec) -> dict[str, Any]:
@@ -124,7 +140,7 @@ def single_config_for(
     preset = sae.preset
     settings = {**runner_settings_of(preset, spec), **spec.runner_fields(), **run_settings}
     return gemmascope_runner_config(
-        sae_config_for(sae, spec), model_name=preset.model_name, hook_name=preset.hook_name, **settings
+        sae_config_for(sae, spec), model_name=preset.model_name, hook_name=stream_key(preset), **settings
     )
 
 
@@ -150,7 +166,7 @@ def multi_config_for(
         raise ValueError(f"two SAEs share a name: {sorted(n for n in names if names.count(n) > 1)}")
     return gemmascope_multi_runner_config(
         {sae.name: sae_config_for(sae, spec) for sae in saes},
-        {sae.name: sae.preset.hook_name for sae in saes},
+        {sae.name: stream_key(sae.preset) for sae in saes},
         model_name=presets[0].model_name,
         **{**runner, **spec.runner_fields(), **run_settings},
     )

@@ -25,7 +25,12 @@ from saelens_gemmascope.runners.training_runners import (
     GemmaScopeMultiSAETrainingRunner,
     GemmaScopeTrainingRunner,
 )
-from saelens_gemmascope.suite.activation_cache import cache_activations, caches_to_write
+from saelens_gemmascope.suite.activation_cache import (
+    cache_activations,
+    caches_to_write,
+    refuse_cached_transcoders,
+)
+from saelens_gemmascope.suite.catalog import model_hooks
 from saelens_gemmascope.suite.checks import CacheEstimate, check_disk_space, check_hook_widths
 from saelens_gemmascope.suite.configs import PresetSAE, multi_config_for, single_config_for
 from saelens_gemmascope.suite.plan import SuiteGroup, SuitePlan
@@ -255,6 +260,7 @@ class PassTraining:
         """Checks before anything runs: disk space for the activation caches (cached mode)."""
         if not self.cached:
             return
+        refuse_cached_transcoders([p for group in plan.groups for p in group.presets])
         assert self.spec.output is not None
         needed: dict[str, int] = {}
         for group in plan.groups:
@@ -278,7 +284,7 @@ class PassTraining:
         from saelens_gemmascope.runners.data_sources import load_training_data
 
         lm = self.language_model(group.model_name)
-        check_hook_widths(lm, {p.hook_name: p.d_in for p in group.presets})
+        check_hook_widths(lm, {h: d for p in group.presets for h, d in model_hooks(p).items()})
         settings = _with_recipe_defaults(group.runner_settings)
         data_set = (
             self.dataset

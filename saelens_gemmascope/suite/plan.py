@@ -12,6 +12,7 @@ from typing import Any
 
 from saelens_gemmascope.recipe.config import RECIPE_RUNNER_DEFAULTS, check_buffer
 from saelens_gemmascope.runners.run_spec import RunSpec
+from saelens_gemmascope.suite.catalog import stream_key, stream_width
 from saelens_gemmascope.suite.checks import check_input_width
 from saelens_gemmascope.suite.configs import (
     PresetSAE,
@@ -168,7 +169,8 @@ def sae_item(
 ) -> MemoryItem[Any]:
     batch = int(_setting(settings, "train_batch_size_tokens"))
     memory = estimate_sae_memory(preset.d_in, effective_d_sae(preset, spec), batch)
-    return MemoryItem(item=item, hook_name=preset.hook_name, d_in=preset.d_in, bytes=memory.total)
+    # A transcoder's stream rows hold its input and its target side by side (one buffer, twice as wide).
+    return MemoryItem(item=item, hook_name=stream_key(preset), d_in=stream_width(preset), bytes=memory.total)
 
 
 def buffer_tokens(settings: Mapping[str, Any]) -> int:

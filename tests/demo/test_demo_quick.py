@@ -12,7 +12,14 @@ import pytest
 from sae_lens import SAE
 
 from saelens_gemmascope.compat import pretrained_directory
-from saelens_gemmascope.demo.run import DemoResult, DemoRow, DemoSettings, ladder_is_monotone, run_demo
+from saelens_gemmascope.demo.run import (
+    DemoResult,
+    DemoRow,
+    DemoSettings,
+    demo_transcoder,
+    ladder_is_monotone,
+    run_demo,
+)
 
 SITES = ("res", "mlp", "att")
 #: The fewest steps that still separate the ladder: past the presets' λ warm-up of 100 steps.
@@ -27,6 +34,9 @@ SMALLEST = DemoSettings(
     eval_context=64,
 )
 TARGETS = (12, 24, 48)  # the tiny presets' ladder
+#: The transcoder ladder the demo adds (layer 1, width 256), or the one line saying why it cannot.
+TRANSCODER = demo_transcoder(SMALLEST)
+TRAINED_SITES = (*SITES, "transcoder") if TRANSCODER.preset is not None else SITES
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +54,13 @@ def test_every_stage_writes_its_files(demo: DemoResult) -> None:
     suite = demo.out_dir / "suite"
     assert (suite / "plan.json").is_file()
     assert {p.stem for p in (suite / "calibration").glob("*.json")} == {
-        f"tiny-gemma-2__{site}__layer_1__width_256" for site in SITES
+        f"tiny-gemma-2__{site}__layer_1__width_256" for site in TRAINED_SITES
     }
     # SAELens format and the Gemma Scope layout, one SAE per site and target.
-    assert len(list((suite / "saes").rglob("sae_weights.safetensors"))) == len(SITES) * len(TARGETS)
+    assert len(list((suite / "saes").rglob("sae_weights.safetensors"))) == len(TRAINED_SITES) * len(TARGETS)
     exported = {p.parent.relative_to(suite / "release").as_posix() for p in suite.rglob("params.npz")}
-    assert exported == {
+    assert len(exported) == len(TRAINED_SITES) * len(TARGETS)
+    assert exported >= {
         f"tiny-gemma-2-{site}/layer_1/width_256/average_l0_{target}" for site in SITES for target in TARGETS
     }
     for name in ("metrics.json", "report.md", "frontier.png", "by_position.png"):
@@ -73,13 +84,33 @@ def test_the_evaluated_saes_are_the_exports_reloaded_through_saelens(
         assert Path(lookup.repo_id).parent == release_root.resolve()
         sae = SAE.from_pretrained(entry["release"], entry["sae_id"], device="cpu")
         assert (sae.cfg.d_sae, sae.cfg.metadata.hook_name) == (256, entry["hook_name"])
-    baselines = {e["hook_name"] for e in evaluated if e["source"] == "baseline"}
-    assert baselines == {e["hook_name"] for e in trained} and len(baselines) == len(SITES)
+    # One baseline per hook written: a transcoder shares the MLP output's with the MLP-output SAE.
+    baselines = {e["hook_name_out"] or e["hook_name"] for e in evaluated if e["source"] == "baseline"}
+    assert baselines == {e["hook_name_out"] or e["hook_name"] for e in trained} and len(baselines) == len(
+        SITES
+    )
+
+
+def test_the_transcoder_ladder_is_reported_or_its_absence_said(demo: DemoResult) -> None:
+    summary = demo.summary.read_text()
+    report = demo.report.read_text()
+    if TRANSCODER.preset is None:
+        # Not trainable yet: one line, in the result and the summary, and nothing else changes.
+        assert TRANSCODER.note is not None and TRANSCODER.note.startswith("No transcoder ladder:")
+        assert demo.notes == (TRANSCODER.note,) and TRANSCODER.note in summary
+        assert "## Transcoders against MLP-output SAEs" not in report
+        assert not (demo.out_dir / "eval" / "transcoders.png").exists()
+        return
+    transcoders = [row for row in demo.rows if row.site == "transcoder"]
+    assert len(transcoders) == len(TARGETS) and demo.notes == ()
+    assert all(f"Transcoder {row.label} at L0" in summary for row in transcoders)
+    assert "## Transcoders against MLP-output SAEs" in report
+    assert (demo.out_dir / "eval" / "transcoders.png").stat().st_size > 0
 
 
 def test_saes_beat_zero_ablation_and_the_ladders_decrease(demo: DemoResult) -> None:
     rows = demo.rows
-    assert len(rows) == len(SITES) * len(TARGETS)
+    assert len(rows) == len(TRAINED_SITES) * len(TARGETS)
     assert ladder_is_monotone(rows)
     for row in rows:
         assert row.fvu < 0.8, row
@@ -87,5 +118,6 @@ def test_saes_beat_zero_ablation_and_the_ladders_decrease(demo: DemoResult) -> N
 
 
 def test_summary_json_holds_the_rows_returned(demo: DemoResult) -> None:
-    written = json.loads((demo.out_dir / "summary.json").read_text())["rows"]
-    assert tuple(DemoRow(**row) for row in written) == demo.rows
+    written = json.loads((demo.out_dir / "summary.json").read_text())
+    assert tuple(DemoRow(**row) for row in written["rows"]) == demo.rows
+    assert tuple(written["notes"]) == demo.notes

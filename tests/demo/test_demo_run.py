@@ -77,9 +77,10 @@ def test_demo_outputs_every_stage(demo_run: tuple[Path, Path, Path]) -> None:
         "tiny-gemma-2-res",
         "tiny-gemma-2-mlp",
         "tiny-gemma-2-att",
+        "tiny-gemma-2-transcoder",
     }
     assert list((out / "suite" / "release").glob("*/layer_1/width_512/average_l0_*/params.npz"))
-    for name in ("metrics.json", "report.md", "frontier.png", "by_position.png"):
+    for name in ("metrics.json", "report.md", "frontier.png", "by_position.png", "transcoders.png"):
         assert (out / "eval" / name).stat().st_size > 0
     assert (out / "summary.md").read_text().startswith("# gemmascope demo")
 
@@ -88,7 +89,8 @@ def test_demo_outputs_every_stage(demo_run: tuple[Path, Path, Path]) -> None:
 def test_demo_saes_beat_zero_ablation_and_ladders_decrease(demo_run: tuple[Path, Path, Path]) -> None:
     _, _, out = demo_run
     rows = [DemoRow(**row) for row in json.loads((out / "summary.json").read_text())["rows"]]
-    assert len(rows) == 9  # 3 sites x 1 layer x 1 width x 3 targets
+    assert len(rows) == 12  # (3 sites + the transcoder) x 1 layer x 1 width x 3 targets
+    assert sum(row.site == "transcoder" for row in rows) == 3
     assert ladder_is_monotone(rows)
     for row in rows:
         assert row.fvu < 0.8, row

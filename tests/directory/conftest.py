@@ -52,3 +52,27 @@ def mirror(tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def tiny_converter(tmp_path: Path) -> GemmaScopeConverter:
     return GemmaScopeConverter(tiny_manifest(), tiny_models())
+
+
+@pytest.fixture
+def scope2_hf_cache(tmp_path: Path) -> Callable[..., Path]:
+    """``put(repo_id, folder, filename, data)`` writes a file (arrays -> safetensors, dict -> JSON)
+    where huggingface_hub's cache keeps it; returns its path."""
+    import json
+
+    from gemmascope_fakes import save_safetensors
+
+    root = Path(hf_constants.HF_HUB_CACHE)
+
+    def put(repo_id: str, folder: str, filename: str, data: object) -> Path:
+        repo_dir = root / f"models--{repo_id.replace('/', '--')}"
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / "main").write_text(FAKE_REVISION)
+        path = repo_dir / "snapshots" / FAKE_REVISION / folder / filename
+        if isinstance(data, dict) and filename.endswith(".json"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data))
+            return path
+        return save_safetensors(path, data)  # type: ignore[arg-type]
+
+    return put

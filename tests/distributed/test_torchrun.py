@@ -195,3 +195,20 @@ def test_distributed_flags_fail_before_anything_runs(
     assert cli_main([*TRAIN_ARGS, *odd, "--distributed", "data", "--dry-run", "--output", str(output)]) == 2
     assert "does not split evenly over 2 ranks" in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.parametrize("mode", ["data", "sae"])
+def test_a_transcoder_trains_under_torchrun(mode: str, tmp_path: Path) -> None:
+    """Transcoders ride the same paired stream under torchrun: both modes finish, and rank 0 saves a
+    SAELens transcoder reading the MLP input and writing the MLP output."""
+    preset = "tiny-gemma-2/transcoder/layer_1/width_256"
+    output = tmp_path / f"tc-{mode}"
+    args = ["train", preset, "--l0-coefficients", LADDER, "--set", f"training_tokens={20 * 256}",
+            "--distributed", mode, "--output", str(output)]  # fmt: skip
+    code, out = _finish(_torchrun(args))
+    assert code == 0, out[-4000:]
+    folder = output / "saes" / "group0_pass0" / preset
+    for name in SAE_NAMES:
+        cfg = json.loads((folder / name / "cfg.json").read_text())
+        assert cfg["architecture"] == "jumprelu_transcoder", cfg
+        assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"

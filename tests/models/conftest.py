@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny Gemma 2 in its three forms (HF, HookedSAETransformer, bridge), built once."""
+"""Shared fixtures: the tiny Gemma 2 and the tiny Gemma 3, each in its three forms (HF,
+HookedSAETransformer, bridge), built once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from saelens_gemmascope.demo.tiny_gemma3 import (
+    TINY_GEMMA3_NAME,
+    TinyGemma3,
+    build_tiny_gemma3,
+    build_tiny_gemma3_hf,
+)
 from saelens_gemmascope.demo.tiny_model import (
     TINY_GEMMA2_NAME,
     TINY_SLIDING_WINDOW,
@@ -31,6 +38,21 @@ def tiny_bridge(tiny: TinyGemma2) -> Any:
 
     # The bridge rewires the HF module tree it wraps, so it gets its own copy of the same weights.
     return transformer_bridge_from_hf(build_tiny_hf(seed=0), tiny.tokenizer, model_name=TINY_GEMMA2_NAME)
+
+
+@pytest.fixture(scope="session")
+def tiny3() -> TinyGemma3:
+    return build_tiny_gemma3(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny3_bridge(tiny3: TinyGemma3) -> Any:
+    from saelens_gemmascope.models.bridge import transformer_bridge_from_hf
+
+    # Its own copy of the same weights, as for the tiny Gemma 2.
+    return transformer_bridge_from_hf(
+        build_tiny_gemma3_hf(seed=0), tiny3.tokenizer, model_name=TINY_GEMMA3_NAME
+    )
 
 
 @pytest.fixture(scope="session")

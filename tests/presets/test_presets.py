@@ -15,7 +15,7 @@ from saelens_gemmascope.host import load_plugins
 from saelens_gemmascope.runners.run_spec import RunSpec
 from saelens_gemmascope.suite.configs import match_presets, parse_assignments, training_config
 from saelens_gemmascope.suite.plan import plan_suite
-from saelens_gemmascope.suite.preset import PresetNotTrainableError, TrainingPreset
+from saelens_gemmascope.suite.preset import TrainingPreset
 
 
 def _presets() -> dict[str, TrainingPreset]:
@@ -64,14 +64,18 @@ def test_names_hooks_widths_and_token_budgets() -> None:
     assert presets["gemma-2-9b-it/res/layer_20/width_131k"].model_name == "gemma-2-9b-it"
 
 
-def test_transcoder_presets_exist_but_say_they_cannot_be_trained() -> None:
+def test_transcoder_presets_are_trainable_on_their_paired_hook() -> None:
     transcoder = _presets()["gemma-2-2b/transcoder/layer_5/width_16k"]
     assert transcoder.hook_name == "blocks.5.ln2.hook_normalized"
     assert transcoder.output_hook_name == "blocks.5.hook_mlp_out"
-    with pytest.raises(PresetNotTrainableError, match="transcoder training is not built"):
-        training_config(transcoder, 1e-3)
-    with pytest.raises(PresetNotTrainableError, match="transcoder"):
-        plan_suite(match_presets(["tiny-gemma-2/transcoder/layer_0/*"]))
+    assert transcoder.trainable and transcoder.architecture == "jumprelu_gemmascope_transcoder"
+    cfg = training_config(transcoder, 1e-3)
+    assert cfg.hook_name == "blocks.5.ln2.hook_normalized->blocks.5.hook_mlp_out"
+    assert cfg.sae.architecture() == "jumprelu_gemmascope_transcoder" and cfg.sae.d_out == 2304
+    plan = plan_suite(match_presets(["tiny-gemma-2/transcoder/layer_0/*"]))
+    assert [p.name for g in plan.groups for p in g.presets] == [
+        "tiny-gemma-2/transcoder/layer_0/width_256", "tiny-gemma-2/transcoder/layer_0/width_512",
+    ]  # fmt: skip
 
 
 def test_tiny_presets_cover_every_site_and_layer() -> None:
@@ -144,6 +148,7 @@ def test_every_trainable_preset_gives_a_config_sae_lens_accepts() -> None:
     from sae_lens.config import LanguageModelSAERunnerConfig
 
     from saelens_gemmascope.host import load_plugins
+    from saelens_gemmascope.suite.catalog import stream_key
     from saelens_gemmascope.suite.configs import training_config
 
     presets = [p for p in load_plugins().presets.values() if p.trainable]
@@ -151,5 +156,7 @@ def test_every_trainable_preset_gives_a_config_sae_lens_accepts() -> None:
     for preset in presets:
         cfg = training_config(preset, 1e-3)
         assert isinstance(cfg, LanguageModelSAERunnerConfig)
-        assert (cfg.hook_name, cfg.sae.d_in, cfg.sae.d_sae) == (preset.hook_name, preset.d_in, preset.d_sae)
+        # A transcoder trains on its paired key: input and output hooks of one forward pass.
+        hook = stream_key(preset)
+        assert (cfg.hook_name, cfg.sae.d_in, cfg.sae.d_sae) == (hook, preset.d_in, preset.d_sae)
         assert cfg.n_batches_in_buffer * cfg.context_size >= cfg.train_batch_size_tokens
