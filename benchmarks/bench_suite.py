@@ -24,11 +24,9 @@ layer 12, context 1,024, the recipe's batch of 4,096; meant for a GPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import logging
-import math
 import os
 import time
 import warnings
@@ -36,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+# Per script, before the imports below, which read these once (so not in _bench_common).
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens's progress bars would bury the table
@@ -44,20 +43,21 @@ import datasets
 import torch
 from _bench_common import (
     GEMMA2_2B_RANDOM,
-    MODEL_CHOICES,
+    NORM_ESTIMATE_BATCHES,
     PRECISIONS,
     TINY,
     BenchModel,
+    add_model_arguments,
     build_bench_model,
-    default_device,
     describe_device,
+    resolve_device,
     set_matmul_precision,
-    synchronize,
+    timed_training,
+    training_token_dataset,
 )
 from sae_lens import LoggingConfig, logger
 
 import saelens_gemmascope  # noqa: F401  (registers jumprelu_gemmascope)
-from saelens_gemmascope.data import stdlib_token_dataset
 from saelens_gemmascope.recipe import (
     gemmascope_ladder,
     gemmascope_multi_runner_config,
@@ -85,21 +85,6 @@ SIZES = {
         d_sae=16384, batch=4096, store_prompts=16, buffer_batches=4, default_tokens=50 * 4096
     ),
 }
-NORM_ESTIMATE_BATCHES = 8
-
-
-@dataclass
-class ForwardCounter:
-    """Counts the language model's forward calls and the tokens they ran on."""
-
-    calls: int = 0
-    tokens: int = 0
-
-    def hook(self, _module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        tokens = args[0] if args else kwargs.get("input")
-        self.calls += 1
-        if isinstance(tokens, torch.Tensor):
-            self.tokens += tokens.numel()
 
 
 @dataclass
@@ -154,18 +139,7 @@ def runner_overrides(sizes: Sizes, bench: BenchModel, args: argparse.Namespace) 
 def timed_run(
     bench: BenchModel, device: str, run: Callable[[], tuple[int, list[float]]], n_saes: int
 ) -> RunResult:
-    counter = ForwardCounter()
-    handle = bench.model.register_forward_pre_hook(counter.hook, with_kwargs=True)
-    try:
-        synchronize(device)
-        start = time.perf_counter()
-        # Library chatter (SAELens's override warnings) to nowhere; an exception still surfaces.
-        with open(os.devnull, "w") as muted, contextlib.redirect_stderr(muted):
-            tokens_per_sae, l0s = run()
-        synchronize(device)
-        wall = time.perf_counter() - start
-    finally:
-        handle.remove()
+    (tokens_per_sae, l0s), wall, counter = timed_training(bench, device, run)
     return RunResult(n_saes, wall, counter.calls, counter.tokens, tokens_per_sae, l0s=l0s)
 
 
@@ -216,22 +190,19 @@ def run_separate(
 
 
 def token_dataset(bench: BenchModel, sizes: Sizes, tokens: int) -> datasets.Dataset:
-    # Enough rows for one run's training tokens plus the norm estimate and the mixing buffer, so
-    # that no run repeats rows within itself (stdlib_token_dataset cycles when asked for more).
-    needed = (
-        tokens
-        + NORM_ESTIMATE_BATCHES * sizes.batch
-        + 2 * sizes.buffer_batches * sizes.store_prompts * bench.context
-    )
-    return stdlib_token_dataset(
-        bench.model.tokenizer, bench.context, n_sequences=math.ceil(needed / bench.context)
+    return training_token_dataset(
+        bench,
+        tokens=tokens,
+        context=bench.context,
+        batch=sizes.batch,
+        buffer_batches=sizes.buffer_batches,
+        store_prompts=sizes.store_prompts,
     )
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODEL_CHOICES, default=TINY)
-    parser.add_argument("--device", default=None, help="default: cuda for the 2B if available, else cpu")
+    add_model_arguments(parser)
     parser.add_argument(
         "--model-dtype", choices=("bf16", "fp32"), default=None, help="default: bf16 for the 2B"
     )
@@ -244,11 +215,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--spread", action="store_true", help="SAEs on residual streams spread over the layers"
     )
-    # One thread: the tiny model's tensors are small, and on a shared, busy CPU a second thread made
-    # its forward pass 30x slower here.
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    args.device = args.device or (default_device() if args.model == GEMMA2_2B_RANDOM else "cpu")
+    resolve_device(args)
     args.model_dtype = args.model_dtype or ("bf16" if args.model == GEMMA2_2B_RANDOM else "fp32")
     return args
 

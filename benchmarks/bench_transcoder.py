@@ -25,16 +25,15 @@ width 16k, the recipe's batch of 4,096 and context 1,024; meant for a GPU).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import logging
-import math
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
+# Per script, before the imports below, which read these once (so not in _bench_common).
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")  # SAELens's progress bars would bury the table
@@ -43,18 +42,19 @@ import datasets
 import torch
 from _bench_common import (
     GEMMA2_2B_RANDOM,
-    MODEL_CHOICES,
+    NORM_ESTIMATE_BATCHES,
     TINY,
     BenchModel,
+    add_model_arguments,
     build_bench_model,
-    default_device,
     describe_device,
-    synchronize,
+    resolve_device,
+    timed_training,
+    training_token_dataset,
 )
 from sae_lens import logger
 
 import saelens_gemmascope  # noqa: F401  (registers the recipe and the presets)
-from saelens_gemmascope.data import stdlib_token_dataset
 from saelens_gemmascope.runners import GemmaScopeTrainingRunner
 from saelens_gemmascope.suite.catalog import TRANSCODER, preset_name
 from saelens_gemmascope.suite.configs import registered_preset, training_config
@@ -64,7 +64,6 @@ from saelens_gemmascope.suite.preset import PresetNotTrainableError
 KINDS = ("mlp", TRANSCODER)
 KIND_NAMES = {"mlp": "mlp SAE", TRANSCODER: "transcoder"}
 L0_COEFFICIENT = 1e-3
-NORM_ESTIMATE_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -92,16 +91,6 @@ SETUPS = {
         },
     ),
 }
-
-
-@dataclass
-class ForwardCounter:
-    """Counts the language model's forward calls (a transcoder's two hooks share each call)."""
-
-    calls: int = 0
-
-    def hook(self, _module: torch.nn.Module, _args: tuple[Any, ...], _kwargs: dict[str, Any]) -> None:
-        self.calls += 1
 
 
 @dataclass(frozen=True)
@@ -146,40 +135,27 @@ def runner_config(
 
 
 def train_once(cfg: Any, kind: str, bench: BenchModel, dataset: datasets.Dataset, device: str) -> Measured:
-    counter = ForwardCounter()
-    handle = bench.model.register_forward_pre_hook(counter.hook, with_kwargs=True)
-    try:
-        synchronize(device)
-        start = time.perf_counter()
-        # Library chatter (SAELens's override warnings) to nowhere; an exception still surfaces.
-        with open(os.devnull, "w") as muted, contextlib.redirect_stderr(muted):
-            runner = GemmaScopeTrainingRunner(cfg, override_dataset=dataset, override_model=bench.model)
-            sae = runner.run()
-        synchronize(device)
-        wall = time.perf_counter() - start
-    finally:
-        handle.remove()
-    assert runner.trainer is not None
-    measured = Measured(
-        kind, wall, runner.trainer.n_training_samples, counter.calls, float(sae.cfg.metadata.l0 or 0.0)
-    )
-    del runner, sae
+    def run() -> tuple[int, float]:
+        runner = GemmaScopeTrainingRunner(cfg, override_dataset=dataset, override_model=bench.model)
+        sae = runner.run()
+        assert runner.trainer is not None
+        return runner.trainer.n_training_samples, float(sae.cfg.metadata.l0 or 0.0)
+
+    (tokens, l0), wall, counter = timed_training(bench, device, run)
     gc.collect()
     if torch.device(device).type == "cuda":
         torch.cuda.empty_cache()
-    return measured
+    return Measured(kind, wall, tokens, counter.calls, l0)
 
 
 def token_dataset(bench: BenchModel, cfg: Any, tokens: int) -> datasets.Dataset:
-    # Enough rows for one run's tokens plus the norm estimate and the mixing buffer, so that no run
-    # repeats rows within itself (stdlib_token_dataset cycles when asked for more).
-    needed = (
-        tokens
-        + NORM_ESTIMATE_BATCHES * cfg.train_batch_size_tokens
-        + 2 * cfg.n_batches_in_buffer * cfg.store_batch_size_prompts * cfg.context_size
-    )
-    return stdlib_token_dataset(
-        bench.model.tokenizer, cfg.context_size, n_sequences=math.ceil(needed / cfg.context_size)
+    return training_token_dataset(
+        bench,
+        tokens=tokens,
+        context=cfg.context_size,
+        batch=cfg.train_batch_size_tokens,
+        buffer_batches=cfg.n_batches_in_buffer,
+        store_prompts=cfg.store_batch_size_prompts,
     )
 
 
@@ -232,17 +208,13 @@ def print_table(planned: dict[str, Planned | str], best: dict[str, Measured]) ->
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODEL_CHOICES, default=TINY)
-    parser.add_argument("--device", default=None, help="default: cuda for the 2B if available, else cpu")
+    add_model_arguments(parser)
     parser.add_argument(
         "--tokens", type=int, default=None, help="training tokens per run (tiny 51200, 2B 204800)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds per kind (best is reported)")
-    # One thread: the tiny model's tensors are small, and on a shared, busy CPU a second thread made
-    # its forward pass 30x slower (bench_suite.py).
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    args.device = args.device or (default_device() if args.model == GEMMA2_2B_RANDOM else "cpu")
+    resolve_device(args)
     return args
 
 

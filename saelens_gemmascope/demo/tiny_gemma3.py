@@ -17,12 +17,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from saelens_gemmascope.demo.tokenizer import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID, build_byte_tokenizer
+from saelens_gemmascope.demo.tiny_model import (
+    TINY_WEIGHT_STD,
+    TinyGemma,
+    gemma_config_fields,
+    random_gemma_hf,
+    with_hooked_transformer,
+)
+from saelens_gemmascope.demo.tokenizer import BYTE_VOCAB_SIZE
 from saelens_gemmascope.models.gemma3 import GLOBAL_ROPE_BASE, LOCAL_ROPE_BASE, Gemma3Dims, gemma3_spec
 
 if TYPE_CHECKING:
-    from sae_lens import HookedSAETransformer
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from saelens_gemmascope.models.spec import ModelSpec
 
@@ -44,12 +50,6 @@ TINY_GEMMA3_DIMS = Gemma3Dims(
 )
 TINY_GEMMA3_MAX_POSITIONS = 256
 
-#: Std of the random linear and embedding weights (Gemma's is 0.02), as for the tiny Gemma 2.
-_WEIGHT_STD = 0.3
-#: Std of the RMSNorm weights ``w`` (QK-norms included); HF applies ``1 + w``, so zeros would hide a
-#: wrong convention.
-_NORM_WEIGHT_STD = 0.5
-
 
 def gemma3_text_config(
     dims: Gemma3Dims, *, name: str, max_positions: int, initializer_range: float = 0.02
@@ -61,26 +61,11 @@ def gemma3_text_config(
     if dims.global_rope_scaling != 1.0:
         global_rope = {**global_rope, "rope_type": "linear", "factor": dims.global_rope_scaling}
     config = Gemma3TextConfig(
-        vocab_size=dims.d_vocab,
-        hidden_size=dims.d_model,
-        intermediate_size=dims.d_mlp,
-        num_hidden_layers=dims.n_layers,
-        num_attention_heads=dims.n_heads,
-        num_key_value_heads=dims.n_kv_heads,
-        head_dim=dims.d_head,
-        hidden_activation="gelu_pytorch_tanh",
-        max_position_embeddings=max_positions,
-        initializer_range=initializer_range,
-        rms_norm_eps=1e-6,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        bos_token_id=BOS_ID,
-        tie_word_embeddings=True,
+        **gemma_config_fields(dims, max_positions=max_positions, initializer_range=initializer_range),
         rope_parameters={
             "full_attention": global_rope,
             "sliding_attention": {"rope_type": "default", "rope_theta": LOCAL_ROPE_BASE},
         },
-        attention_bias=False,
         query_pre_attn_scalar=dims.query_pre_attn_scalar,
         sliding_window=dims.sliding_window,
         layer_types=[
@@ -89,7 +74,6 @@ def gemma3_text_config(
         ],
         attn_logit_softcapping=None,
         final_logit_softcapping=None,
-        use_cache=False,
     )
     # The attention TransformerLens's bridge also uses; the same kernel on both sides.
     config._attn_implementation = "eager"
@@ -104,7 +88,7 @@ def tiny_gemma3_hf_config() -> Gemma3TextConfig:
         TINY_GEMMA3_DIMS,
         name=TINY_GEMMA3_NAME,
         max_positions=TINY_GEMMA3_MAX_POSITIONS,
-        initializer_range=_WEIGHT_STD,
+        initializer_range=TINY_WEIGHT_STD,
     )
 
 
@@ -113,18 +97,9 @@ def build_tiny_gemma3_hf(seed: int = 0, config: Gemma3TextConfig | None = None) 
 
     The global torch RNG is left untouched.
     """
-    import torch
     from transformers import Gemma3ForCausalLM
 
-    config = config or tiny_gemma3_hf_config()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Gemma3ForCausalLM(config)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if name.endswith("norm.weight"):
-                    param.normal_(0.0, _NORM_WEIGHT_STD)
-    return model.eval()
+    return random_gemma_hf(Gemma3ForCausalLM, config or tiny_gemma3_hf_config(), seed)
 
 
 def tiny_gemma3_spec() -> ModelSpec:
@@ -133,19 +108,9 @@ def tiny_gemma3_spec() -> ModelSpec:
 
 
 @dataclass
-class TinyGemma3:
+class TinyGemma3(TinyGemma["Gemma3ForCausalLM"]):
     """The tiny Gemma 3 in both forms, sharing weights by value (not by storage)."""
-
-    hf_model: Gemma3ForCausalLM
-    tl_model: HookedSAETransformer
-    tokenizer: PreTrainedTokenizerFast
-    spec: ModelSpec
 
 
 def build_tiny_gemma3(seed: int = 0) -> TinyGemma3:
-    from saelens_gemmascope.models.bridge import hooked_transformer_from_hf
-
-    tokenizer = build_byte_tokenizer()
-    hf_model = build_tiny_gemma3_hf(seed)
-    tl_model = hooked_transformer_from_hf(hf_model, tokenizer, model_name=TINY_GEMMA3_NAME)
-    return TinyGemma3(hf_model=hf_model, tl_model=tl_model, tokenizer=tokenizer, spec=tiny_gemma3_spec())
+    return with_hooked_transformer(TinyGemma3, build_tiny_gemma3_hf(seed), tiny_gemma3_spec())

@@ -17,41 +17,31 @@ its reconstructions are off by (sqrt(d) - 1) * b_dec). The latent activations ar
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.util import str_to_dtype
 
-from saelens_gemmascope.directory.cache import (
-    Provenance,
-    cache_root,
-    converted_path,
-    look_up_converted,
-    write_converted,
-)
+from saelens_gemmascope.directory.conversion import CachedConverter, LoadedParams
 from saelens_gemmascope.directory.errors import UnknownRepoError
 from saelens_gemmascope.directory.manifest import EMBEDDING, ReleaseSpec, SuiteManifest, load_manifest
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
-from saelens_gemmascope.directory.sources import (
-    SourceFile,
-    download_params,
-    find_local_params,
-    root_key,
-    source_roots,
-)
-from saelens_gemmascope.models.lookup import find_model_spec
-from saelens_gemmascope.models.spec import ModelSpec, UnknownNameError
-from saelens_gemmascope.registry import registered_models
+from saelens_gemmascope.directory.sources import SourceFile
 
-logger = logging.getLogger(__name__)
+# LoadedParams (now shared with the Gemma Scope 2 converter) is re-exported: imported from here before.
+__all__ = [
+    "FOLDER_PATTERN",
+    "ConversionTarget",
+    "GemmaScopeConverter",
+    "LoadedParams",
+    "adapt_state_dict",
+    "default_converter",
+]
+
 
 FOLDER_PATTERN = re.compile(
     r"^(?:layer_(?P<layer>\d+)|(?P<embedding>embedding))/width_(?P<width>[^/]+)/(?:average_l0_\d+|canonical)$"
@@ -85,18 +75,7 @@ class ConversionTarget:
         return expected_param_shapes(self.d_in, self.d_sae)
 
 
-@dataclass(frozen=True)
-class LoadedParams:
-    """Raw Gemma Scope parameters, where they were read from, and (for the conversion cache) the
-    source that conversion was made from."""
-
-    state_dict: dict[str, torch.Tensor]
-    origin: str  # "conversion-cache", "mirror", "hf-cache" or "hub"
-    path: Path
-    provenance: Provenance | None = None
-
-
-class GemmaScopeConverter:
+class GemmaScopeConverter(CachedConverter[SuiteManifest, ConversionTarget]):
     """Converts Gemma Scope hub folders for SAELens, against a manifest and model specs.
 
     Tests build one over a tiny manifest and tiny model dimensions; the package uses
@@ -105,30 +84,8 @@ class GemmaScopeConverter:
     registered specs (its own model's included) are read at each conversion.
     """
 
-    def __init__(
-        self,
-        manifest: SuiteManifest | None = None,
-        models: Mapping[str, ModelSpec] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self._manifest = manifest
-        self._models = dict(models) if models is not None else None
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
-
-    @property
-    def manifest(self) -> SuiteManifest:
-        if self._manifest is None:
-            self._manifest = load_manifest()
-        return self._manifest
-
-    @property
-    def models(self) -> Mapping[str, ModelSpec]:
-        """The given specs, else the registered ones (read each time, not kept: the converter is
-        made before the plugins finish loading, and lives as long as the process)."""
-        return self._models if self._models is not None else registered_models()
-
-    def cache_path(self, repo_id: str, folder: str) -> Path:
-        return converted_path(repo_id, folder, self._cache_dir or cache_root())
+    def load_default_manifest(self) -> SuiteManifest:
+        return load_manifest()
 
     # -- resolving ------------------------------------------------------------------------------
 
@@ -147,10 +104,7 @@ class GemmaScopeConverter:
             raise ValueError(
                 f"{repo_id}/{folder}: unknown width {width!r}; known: {', '.join(self.manifest.widths)}"
             )
-        try:
-            model = find_model_spec(self.models, release.model)
-        except UnknownNameError as err:
-            raise ValueError(f"{repo_id}: no model spec for {release.model!r} ({err})") from None
+        model = self.model_spec(repo_id, release.model)
         layer = None if match["embedding"] else int(match["layer"])
         site = EMBEDDING if layer is None else release.site
         hook = model.hook_point(site, layer)  # a transcoder also writes: hook.output
@@ -168,26 +122,11 @@ class GemmaScopeConverter:
             d_sae=self.manifest.widths[width],
         )
 
-    # -- the SAELens config-getter protocol -----------------------------------------------------
-
-    def config(
-        self,
-        repo_id: str,
-        folder_name: str,
-        device: str | None = "cpu",
-        force_download: bool = False,
-        cfg_overrides: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return self.config_for(self.target(repo_id, folder_name), device, cfg_overrides)
-
-    def config_for(
-        self,
-        target: ConversionTarget,
-        device: str | None = "cpu",
-        cfg_overrides: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
+    def config_fields(self, target: ConversionTarget, device: str | None) -> dict[str, Any]:
         if target.site == "transcoder":
-            cfg: dict[str, Any] = {
+            # Like SAELens's transcoder getter, names a device even when given none (config_for then
+            # writes a given one in the same place).
+            return {
                 "architecture": "jumprelu_transcoder",
                 "d_in": target.d_in,
                 "d_out": target.d_in,
@@ -203,109 +142,35 @@ class GemmaScopeConverter:
                 "hook_head_index_out": None,
                 **_COMMON_METADATA,
             }
-        else:
-            cfg = {
-                "architecture": "jumprelu",
-                "d_in": target.d_in,
-                "d_sae": target.d_sae,
-                "dtype": "float32",
-                "model_name": target.model_name,
-                "hook_name": target.hook_name,
-                "hook_head_index": None,
-                "activation_fn": "relu",
-                "finetuning_scaling_factor": False,
-                "sae_lens_training_version": None,
-                "dataset_trust_remote_code": True,
-                "normalize_activations": "none",
-                **_COMMON_METADATA,
-            }
-            if device is not None:
-                cfg["device"] = device
-        cfg.update(cfg_overrides or {})
-        return cfg
+        return {
+            "architecture": "jumprelu",
+            "d_in": target.d_in,
+            "d_sae": target.d_sae,
+            "dtype": "float32",
+            "model_name": target.model_name,
+            "hook_name": target.hook_name,
+            "hook_head_index": None,
+            "activation_fn": "relu",
+            "finetuning_scaling_factor": False,
+            "sae_lens_training_version": None,
+            "dataset_trust_remote_code": True,
+            "normalize_activations": "none",
+            **_COMMON_METADATA,
+        }
 
-    # -- the SAELens loader protocol ------------------------------------------------------------
+    # -- reading parameters (the flow is CachedConverter.read_params) -----------------------------
 
-    def load(
-        self,
-        repo_id: str,
-        folder_name: str,
-        device: str = "cpu",
-        force_download: bool = False,
-        cfg_overrides: dict[str, Any] | None = None,
-        *,
-        mirror: str | os.PathLike[str] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
-        target = self.target(repo_id, folder_name)
-        cfg = self.config_for(target, device, cfg_overrides)
-        loaded = self.read_params(target, force_download=force_download, mirror=mirror)
-        provenance = f"; {loaded.provenance.describe()}" if loaded.provenance is not None else ""
-        logger.debug(
-            "%s/%s read from %s (%s%s)", repo_id, folder_name, loaded.origin, loaded.path, provenance
-        )
-        state_dict = adapt_state_dict(target, loaded.state_dict)
-        dtype = str_to_dtype(cfg.get("dtype", "float32"))
-        state_dict = {key: value.to(device=device, dtype=dtype) for key, value in state_dict.items()}
-        return cfg, state_dict, None
+    def cached_shapes(self, target: ConversionTarget) -> dict[str, tuple[int, ...]]:
+        return target.expected_shapes
 
-    def read_params(
-        self,
-        target: ConversionTarget,
-        *,
-        force_download: bool = False,
-        mirror: str | os.PathLike[str] | None = None,
-        fetch: bool = False,
-    ) -> LoadedParams:
-        """The raw, validated parameters: from the conversion cache when its recorded provenance fits
-        this load (see :mod:`saelens_gemmascope.directory.cache`) and its checksum holds, else
-        converted from the mirror / Hugging Face cache / hub copy (and cached). ``fetch`` (for
-        ``gemmascope fetch``) marks the conversion as kept for offline use, whatever its source."""
-        cached_file = self.cache_path(target.repo_id, target.folder)
-        local = None if force_download else find_local_params(target.repo_id, target.folder, mirror)
-        refused = None
-        if not force_download:
-            lookup = look_up_converted(
-                cached_file,
-                local.fingerprint() if local is not None else None,
-                repo_id=target.repo_id,
-                folder=target.folder,
-                trusted_roots=source_roots(mirror),
-            )
-            cached = lookup.conversion
-            if cached is not None and _shapes_match(cached.state_dict, target):
-                provenance = cached.provenance
-                if fetch and not provenance.fetched:  # re-written, marked as kept for offline use
-                    provenance = replace(provenance, fetched=True)
-                    write_converted(cached_file, cached.state_dict, provenance)
-                return LoadedParams(cached.state_dict, "conversion-cache", cached_file, provenance)
-            if lookup.refused is not None:
-                refused = f"the conversion cache {cached_file} was not used: {lookup.refused}"
-        source: SourceFile = local or download_params(
-            target.repo_id, target.folder, force_download=force_download, mirror=mirror, note=refused
-        )
-        # Validated before anything is cached: a bad npz (NaN, negative thresholds...) is never cached.
-        state_dict = read_params_npz(source.path, target.expected_shapes)
-        provenance = replace(_provenance(target, source), fetched=fetch)
-        write_converted(cached_file, state_dict, provenance)
-        return LoadedParams(state_dict, source.origin, source.path, provenance)
+    def read_source(self, source: SourceFile, target: ConversionTarget) -> dict[str, torch.Tensor]:
+        # The released keys are SAELens's: cached raw, adapted (embedding SAEs) at each load.
+        return read_params_npz(source.path, target.expected_shapes)
 
-
-def _provenance(target: ConversionTarget, source: SourceFile) -> Provenance:
-    return Provenance(
-        repo_id=target.repo_id,
-        folder=target.folder,
-        origin=source.origin,
-        source_path=str(source.path),
-        source_root=root_key(source.root),
-        source_fingerprint=source.fingerprint(),
-    )
-
-
-def _shapes_match(state_dict: Mapping[str, torch.Tensor], target: ConversionTarget) -> bool:
-    expected = target.expected_shapes
-    return set(state_dict) == set(expected) and all(
-        tuple(state_dict[key].shape) == shape for key, shape in expected.items()
-    )
+    def to_saelens(
+        self, target: ConversionTarget, state_dict: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return adapt_state_dict(target, state_dict)
 
 
 def adapt_state_dict(target: ConversionTarget, raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -172,12 +172,22 @@ def parse_manifest(raw: Mapping[str, Any]) -> SuiteManifest:
     )
 
 
+def read_shipped_config(filename: str) -> str:
+    """The text of a file shipped in ``saelens_gemmascope/configs``."""
+    return files("saelens_gemmascope.configs").joinpath(filename).read_text(encoding="utf-8")
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text parsed safely, with PyYAML's C loader where it is built (the manifests are large)."""
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return yaml.load(text, Loader=loader)
+
+
 def read_manifest_text() -> str:
-    return files("saelens_gemmascope.configs").joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
+    return read_shipped_config(MANIFEST_FILE)
 
 
 @cache
 def load_manifest() -> SuiteManifest:
     """The suite manifest shipped with the package (parsed once per process)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return parse_manifest(yaml.load(read_manifest_text(), Loader=loader))
+    return parse_manifest(parse_yaml(read_manifest_text()))

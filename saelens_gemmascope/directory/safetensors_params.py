@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from saelens_gemmascope.directory.npz import ParamsFileError, check_param_values
+from saelens_gemmascope.directory.npz import ParamsFileError, check_param_values, expected_param_shapes
 
 BASE_KEYS = ("w_enc", "w_dec", "b_enc", "b_dec", "threshold")
 SKIP_KEY = "affine_skip_connection"
@@ -36,13 +36,9 @@ _MAX_HEADER_BYTES = 1 << 20
 
 def expected_scope2_shapes(d_in: int, d_sae: int, d_out: int, affine: bool) -> dict[str, tuple[int, ...]]:
     """The release's keys and shapes for an SAE (``d_out == d_in``) or a transcoder."""
-    shapes: dict[str, tuple[int, ...]] = {
-        "w_enc": (d_in, d_sae),
-        "w_dec": (d_sae, d_out),
-        "b_enc": (d_sae,),
-        "b_dec": (d_out,),
-        "threshold": (d_sae,),
-    }
+    # SAELens's shapes under the release's names; only the skip matrix is stored transposed.
+    saelens_shapes = expected_param_shapes(d_in, d_sae, d_out)
+    shapes = {key: saelens_shapes[SAELENS_KEYS[key]] for key in BASE_KEYS}
     if affine:
         shapes[SKIP_KEY] = (d_in, d_out)
     return shapes

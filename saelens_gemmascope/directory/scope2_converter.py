@@ -23,44 +23,23 @@ from __future__ import annotations
 
 import difflib
 import json
-import logging
-import os
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
-from sae_lens.util import str_to_dtype
 
-from saelens_gemmascope.directory.cache import (
-    Provenance,
-    cache_root,
-    converted_path,
-    look_up_converted,
-    write_converted,
-)
+from saelens_gemmascope.directory.conversion import CachedConverter, LoadedParams
 from saelens_gemmascope.directory.errors import UnknownRepoError
-from saelens_gemmascope.directory.npz import ParamsFileError
+from saelens_gemmascope.directory.npz import ParamsFileError, expected_param_shapes
 from saelens_gemmascope.directory.safetensors_params import (
     expected_scope2_shapes,
     read_params_safetensors,
     to_saelens_keys,
 )
 from saelens_gemmascope.directory.scope2_manifest import Scope2Manifest, Scope2Sae, load_scope2_manifest
-from saelens_gemmascope.directory.sources import (
-    SourceFile,
-    download_params,
-    find_local_params,
-    root_key,
-    source_roots,
-)
-from saelens_gemmascope.models.lookup import find_model_spec
-from saelens_gemmascope.models.spec import ModelSpec, UnknownNameError
-from saelens_gemmascope.registry import registered_models
-
-logger = logging.getLogger(__name__)
+from saelens_gemmascope.directory.sources import SourceFile, find_local_params
 
 PARAMS_FILE = "params.safetensors"
 CONFIG_FILE = "config.json"
@@ -107,16 +86,7 @@ class Scope2Target:
     @property
     def saelens_shapes(self) -> dict[str, tuple[int, ...]]:
         """The converted state dict's keys and shapes (what the conversion cache must hold)."""
-        shapes = {
-            "W_enc": (self.d_in, self.sae.d_sae),
-            "W_dec": (self.sae.d_sae, self.d_out),
-            "b_enc": (self.sae.d_sae,),
-            "b_dec": (self.d_out,),
-            "threshold": (self.sae.d_sae,),
-        }
-        if self.sae.affine:
-            shapes["W_skip"] = (self.d_out, self.d_in)
-        return shapes
+        return expected_param_shapes(self.d_in, self.sae.d_sae, self.d_out, skip=self.sae.affine)
 
     @property
     def architecture(self) -> str:
@@ -125,49 +95,25 @@ class Scope2Target:
         return "jumprelu_skip_transcoder" if self.sae.affine else "jumprelu_transcoder"
 
 
-@dataclass(frozen=True)
-class LoadedScope2:
-    """Converted parameters (SAELens keys) and where they were read from."""
-
-    state_dict: dict[str, torch.Tensor]
-    origin: str  # conversion-cache, mirror, hf-cache or hub
-    path: Path
-    provenance: Provenance | None = None
+#: The Gemma Scope 2 name for what a read gives (one record for both converters since they share it).
+LoadedScope2 = LoadedParams
 
 
 class UnknownFolderError(ValueError):
     """A folder the Gemma Scope 2 manifest does not list for that repository."""
 
 
-class GemmaScope2Converter:
+class GemmaScope2Converter(CachedConverter[Scope2Manifest, Scope2Target]):
     """Converts Gemma Scope 2 hub folders for SAELens, against a manifest and model specs.
 
     Tests build one over a tiny manifest and tiny model specs; the package uses
     :func:`default_scope2_converter` (shipped manifest, registered specs read at each conversion).
     """
 
-    def __init__(
-        self,
-        manifest: Scope2Manifest | None = None,
-        models: Mapping[str, ModelSpec] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self._manifest = manifest
-        self._models = dict(models) if models is not None else None
-        self._cache_dir = Path(cache_dir) if cache_dir is not None else None
+    params_file = PARAMS_FILE
 
-    @property
-    def manifest(self) -> Scope2Manifest:
-        if self._manifest is None:
-            self._manifest = load_scope2_manifest()
-        return self._manifest
-
-    @property
-    def models(self) -> Mapping[str, ModelSpec]:
-        return self._models if self._models is not None else registered_models()
-
-    def cache_path(self, repo_id: str, folder: str) -> Path:
-        return converted_path(repo_id, folder, self._cache_dir or cache_root())
+    def load_default_manifest(self) -> Scope2Manifest:
+        return load_scope2_manifest()
 
     # -- resolving ------------------------------------------------------------------------------
 
@@ -185,10 +131,7 @@ class GemmaScope2Converter:
                 f"{repo_id}: folder {folder!r} is not a released Gemma Scope 2 SAE.{hint} "
                 f"List them with: gemmascope ls --model {self.manifest_model(repo_id)}"
             )
-        try:
-            model = find_model_spec(self.models, sae.model)
-        except UnknownNameError as err:
-            raise ValueError(f"{repo_id}: no model spec for {sae.model!r} ({err})") from None
+        model = self.model_spec(repo_id, sae.model)
         hook = model.hook_point(sae.site, sae.layer)
         out = hook.output
         return Scope2Target(
@@ -202,21 +145,7 @@ class GemmaScope2Converter:
     def manifest_model(self, repo_id: str) -> str:
         return next((r.model for r in self.manifest.releases.values() if r.repo_id == repo_id), "?")
 
-    # -- the SAELens config-getter protocol -----------------------------------------------------
-
-    def config(
-        self,
-        repo_id: str,
-        folder_name: str,
-        device: str | None = "cpu",
-        force_download: bool = False,
-        cfg_overrides: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        return self.config_for(self.target(repo_id, folder_name), device, cfg_overrides)
-
-    def config_for(
-        self, target: Scope2Target, device: str | None = "cpu", cfg_overrides: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    def config_fields(self, target: Scope2Target, device: str | None) -> dict[str, Any]:
         cfg: dict[str, Any] = {
             "architecture": target.architecture,
             "d_in": target.d_in,
@@ -230,78 +159,17 @@ class GemmaScope2Converter:
             cfg["hook_name_out"] = target.hook_name_out
             cfg["hf_hook_name_out"] = target.sae.hf_hook_out
             cfg["d_out"] = target.d_out
-        if device is not None:
-            cfg["device"] = device
-        cfg.update(cfg_overrides or {})
         return cfg
 
-    # -- the SAELens loader protocol ------------------------------------------------------------
+    # -- reading parameters (the flow is CachedConverter.read_params) -----------------------------
 
-    def load(
-        self,
-        repo_id: str,
-        folder_name: str,
-        device: str = "cpu",
-        force_download: bool = False,
-        cfg_overrides: dict[str, Any] | None = None,
-        *,
-        mirror: str | os.PathLike[str] | None = None,
-    ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
-        target = self.target(repo_id, folder_name)
-        cfg = self.config_for(target, device, cfg_overrides)
-        loaded = self.read_params(target, force_download=force_download, mirror=mirror)
-        logger.debug("%s/%s read from %s (%s)", repo_id, folder_name, loaded.origin, loaded.path)
-        dtype = str_to_dtype(cfg.get("dtype", "float32"))
-        state_dict = {key: value.to(device=device, dtype=dtype) for key, value in loaded.state_dict.items()}
-        return cfg, state_dict, None
+    def cached_shapes(self, target: Scope2Target) -> dict[str, tuple[int, ...]]:
+        return target.saelens_shapes
 
-    def read_params(
-        self,
-        target: Scope2Target,
-        *,
-        force_download: bool = False,
-        mirror: str | os.PathLike[str] | None = None,
-        fetch: bool = False,
-    ) -> LoadedScope2:
-        """The converted, validated parameters: from the conversion cache when its provenance fits
-        this load (as for Gemma Scope: see :mod:`saelens_gemmascope.directory.cache`), else read from
-        the mirror / Hugging Face cache / hub copy, checked, converted and cached."""
-        cached_file = self.cache_path(target.repo_id, target.folder)
-        local = (
-            None if force_download else find_local_params(target.repo_id, target.folder, mirror, PARAMS_FILE)
-        )
-        refused = None
-        if not force_download:
-            lookup = look_up_converted(
-                cached_file,
-                local.fingerprint() if local is not None else None,
-                repo_id=target.repo_id,
-                folder=target.folder,
-                trusted_roots=source_roots(mirror),
-            )
-            cached = lookup.conversion
-            if cached is not None and _shapes_match(cached.state_dict, target.saelens_shapes):
-                provenance = cached.provenance
-                if fetch and not provenance.fetched:
-                    provenance = replace(provenance, fetched=True)
-                    write_converted(cached_file, cached.state_dict, provenance)
-                return LoadedScope2(cached.state_dict, "conversion-cache", cached_file, provenance)
-            if lookup.refused is not None:
-                refused = f"the conversion cache {cached_file} was not used: {lookup.refused}"
-        source: SourceFile = local or download_params(
-            target.repo_id,
-            target.folder,
-            force_download=force_download,
-            mirror=mirror,
-            note=refused,
-            filename=PARAMS_FILE,
-        )
+    def read_source(self, source: SourceFile, target: Scope2Target) -> dict[str, torch.Tensor]:
+        # Unlike Gemma Scope's, the release's keys are not SAELens's: renamed before caching.
         check_config_json(_config_beside(source, target), target.sae)
-        # Checked before anything is cached: a bad file is never cached.
-        state_dict = to_saelens_keys(read_params_safetensors(source.path, target.raw_shapes))
-        provenance = replace(_provenance(target, source), fetched=fetch)
-        write_converted(cached_file, state_dict, provenance)
-        return LoadedScope2(state_dict, source.origin, source.path, provenance)
+        return to_saelens_keys(read_params_safetensors(source.path, target.raw_shapes))
 
 
 def _config_beside(source: SourceFile, target: Scope2Target) -> Path | None:
@@ -338,23 +206,6 @@ def check_config_json(path: Path | None, sae: Scope2Sae) -> None:
             )
     if raw.get("architecture") is None:
         raise ParamsFileError(f"{path}: has no architecture (expected 'jump_relu')")
-
-
-def _provenance(target: Scope2Target, source: SourceFile) -> Provenance:
-    return Provenance(
-        repo_id=target.repo_id,
-        folder=target.folder,
-        origin=source.origin,
-        source_path=str(source.path),
-        source_root=root_key(source.root),
-        source_fingerprint=source.fingerprint(),
-    )
-
-
-def _shapes_match(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]]) -> bool:
-    return set(state_dict) == set(expected) and all(
-        tuple(state_dict[key].shape) == shape for key, shape in expected.items()
-    )
 
 
 @cache

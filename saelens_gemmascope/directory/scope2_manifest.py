@@ -11,12 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, cached_property
-from importlib.resources import files
 from typing import Any
 
-import yaml
-
-from saelens_gemmascope.directory.manifest import ManifestError
+from saelens_gemmascope.directory.manifest import ManifestError, parse_yaml, read_shipped_config
 
 MANIFEST_FILE = "gemma_scope_2_suite.yaml"
 L0_LABELS = ("small", "medium", "big")
@@ -225,11 +222,10 @@ def parse_scope2_manifest(raw: Mapping[str, Any]) -> Scope2Manifest:
 
 
 def read_scope2_manifest_text() -> str:
-    return files("saelens_gemmascope.configs").joinpath(MANIFEST_FILE).read_text(encoding="utf-8")
+    return read_shipped_config(MANIFEST_FILE)
 
 
 @cache
 def load_scope2_manifest() -> Scope2Manifest:
     """The Gemma Scope 2 manifest shipped with the package (parsed once per process)."""
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-    return parse_scope2_manifest(yaml.load(read_scope2_manifest_text(), Loader=loader))
+    return parse_scope2_manifest(parse_yaml(read_scope2_manifest_text()))

@@ -7,17 +7,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from saelens_gemmascope.models.gemma_arch import GemmaDims, gemma_model_spec
 from saelens_gemmascope.models.spec import ModelSpec, SiteSpec
 
 
 @dataclass(frozen=True)
-class Gemma2Dims:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_mlp: int
+class Gemma2Dims(GemmaDims):
+    """A Gemma 2 model's shape; every released size has the same vocabulary."""
+
     d_vocab: int = 256_000
 
 
@@ -28,7 +25,7 @@ GEMMA2_DIMS: dict[str, Gemma2Dims] = {
 }
 
 
-def gemma2_sites(dims: Gemma2Dims) -> dict[str, SiteSpec]:
+def gemma2_sites(dims: GemmaDims) -> dict[str, SiteSpec]:
     """The Gemma Scope sites of a Gemma 2 model (facts §3), as templates over ``{layer}``.
 
     Every name below was checked against TransformerLens 3.9 (``HookedTransformer`` and
@@ -107,19 +104,7 @@ def gemma2_sites(dims: Gemma2Dims) -> dict[str, SiteSpec]:
 
 
 def gemma2_spec(name: str, dims: Gemma2Dims, hf_repo: str, aliases: tuple[str, ...] = ()) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        hf_repo=hf_repo,
-        d_model=dims.d_model,
-        n_layers=dims.n_layers,
-        n_heads=dims.n_heads,
-        n_kv_heads=dims.n_kv_heads,
-        d_head=dims.d_head,
-        d_mlp=dims.d_mlp,
-        d_vocab=dims.d_vocab,
-        sites=gemma2_sites(dims),
-        aliases=aliases,
-    )
+    return gemma_model_spec(name, dims, gemma2_sites(dims), hf_repo=hf_repo, aliases=aliases)
 
 
 def gemma2_model_specs() -> list[ModelSpec]:

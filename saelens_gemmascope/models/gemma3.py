@@ -18,9 +18,11 @@ reading and splicing of :mod:`~saelens_gemmascope.models.attach` takes a ``Gemma
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
-from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_sites
+from saelens_gemmascope.models.gemma2 import gemma2_sites
+from saelens_gemmascope.models.gemma_arch import GemmaDims, gemma_model_spec
 from saelens_gemmascope.models.spec import ModelSpec, SiteSpec
 
 #: Every sixth layer is global (layers 5, 11, 17, ...), the others local (transformers' default).
@@ -30,21 +32,15 @@ GLOBAL_ROPE_BASE = 1_000_000.0
 
 
 @dataclass(frozen=True)
-class Gemma3Dims:
-    """A Gemma 3 text model's shape, and the attention numbers that vary between sizes.
+class Gemma3Dims(GemmaDims):
+    """A Gemma 3 text model's shape, and the attention numbers that vary between sizes (the
+    sliding window and the two below).
 
     ``query_pre_attn_scalar``: queries are scaled by its inverse square root (``d_head`` except
     27b's 168 = d_model / n_heads). ``global_rope_scaling``: the linear RoPE scaling factor of the
     global layers (1 = none).
     """
 
-    d_model: int
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_mlp: int
-    d_vocab: int
     sliding_window: int
     query_pre_attn_scalar: int
     global_rope_scaling: float = 1.0
@@ -141,18 +137,6 @@ def gemma3_model_names(size: str) -> tuple[str, str]:
     return pt, f"gemma-3-{size}-it"
 
 
-def _site_dims(dims: Gemma3Dims) -> Gemma2Dims:
-    return Gemma2Dims(
-        d_model=dims.d_model,
-        n_layers=dims.n_layers,
-        n_heads=dims.n_heads,
-        n_kv_heads=dims.n_kv_heads,
-        d_head=dims.d_head,
-        d_mlp=dims.d_mlp,
-        d_vocab=dims.d_vocab,
-    )
-
-
 def gemma3_sites(dims: Gemma3Dims) -> dict[str, SiteSpec]:
     """The Gemma Scope 2 sites of a Gemma 3 model, as templates over ``{layer}``.
 
@@ -160,9 +144,10 @@ def gemma3_sites(dims: Gemma3Dims) -> dict[str, SiteSpec]:
     points in Gemma Scope 2's ``config.json`` files are ``model.layers.L.output``,
     ``...post_feedforward_layernorm.output`` and ``...self_attn.o_proj.input``).
     """
-    sites = gemma2_sites(_site_dims(dims))
-    sites["transcoder"] = SiteSpec(
-        name="transcoder",
+    sites = gemma2_sites(dims)
+    # Same module, width and output site as Gemma 2's transcoder site; only where on it they read differs.
+    sites["transcoder"] = dataclasses.replace(
+        sites["transcoder"],
         # Gemma Scope 2's transcoder configs read model.layers.L.pre_feedforward_layernorm.output:
         # the normalised MLP input *with* its (1 + w) gain, which is what the MLP itself reads (the
         # Gemma Scope 2 tutorial also reads after the whole pre-MLP norm). TransformerLens has it at
@@ -172,29 +157,15 @@ def gemma3_sites(dims: Gemma3Dims) -> dict[str, SiteSpec]:
         # names).
         tl_hook="blocks.{layer}.mlp.hook_in",
         bridge_hook="blocks.{layer}.mlp.hook_in",
-        hf_module="model.layers.{layer}.pre_feedforward_layernorm",
         hf_tensor="output",
-        d_in=dims.d_model,
+        hf_transform="none",
         description="transcoders: read the pre-MLP RMSNorm output (after its gain), write the mlp site",
-        output_site="mlp",
     )
     return sites
 
 
 def gemma3_spec(name: str, dims: Gemma3Dims, hf_repo: str, aliases: tuple[str, ...] = ()) -> ModelSpec:
-    return ModelSpec(
-        name=name,
-        hf_repo=hf_repo,
-        d_model=dims.d_model,
-        n_layers=dims.n_layers,
-        n_heads=dims.n_heads,
-        n_kv_heads=dims.n_kv_heads,
-        d_head=dims.d_head,
-        d_mlp=dims.d_mlp,
-        d_vocab=dims.d_vocab,
-        sites=gemma3_sites(dims),
-        aliases=aliases,
-    )
+    return gemma_model_spec(name, dims, gemma3_sites(dims), hf_repo=hf_repo, aliases=aliases)
 
 
 def gemma3_model_specs() -> list[ModelSpec]:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import sysconfig
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import datasets
 import pytest
 import torch
-from sae_lens.registry import (
-    SAE_CLASS_REGISTRY,
-    SAE_TRAINING_CLASS_REGISTRY,
-    register_sae_class,
-    register_sae_training_class,
-)
+from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+from tiny_training_fixtures import register_builtin_architectures, stdlib_token_ids
 from training_helpers import CONTEXT, D_IN, HOOK, SPECIAL_IDS, rows_of
 
-from saelens_gemmascope.builtin import architectures
-from saelens_gemmascope.contributions import Architecture
 from saelens_gemmascope.demo.tiny_model import TinyGemma2, build_tiny_gemma2
 from saelens_gemmascope.recipe import gemmascope_sae_config
 from saelens_gemmascope.recipe.sae import ARCHITECTURE_NAME, GemmaScopeTrainingSAEConfig
@@ -28,13 +20,7 @@ from saelens_gemmascope.recipe.sae import ARCHITECTURE_NAME, GemmaScopeTrainingS
 @pytest.fixture(scope="session", autouse=True)
 def recipe_architecture_registered() -> None:
     """The architecture through its own hookimpl, in case the host has not registered it."""
-    found: list[Architecture] = []
-    architectures.register_sae_architectures(found.append)
-    for arch in found:
-        if arch.name not in SAE_CLASS_REGISTRY:
-            register_sae_class(arch.name, arch.sae_class, arch.config_class)
-        if arch.training_class is not None and arch.name not in SAE_TRAINING_CLASS_REGISTRY:
-            register_sae_training_class(arch.name, arch.training_class, arch.training_config_class)  # type: ignore[arg-type]
+    register_builtin_architectures()
     assert ARCHITECTURE_NAME in SAE_TRAINING_CLASS_REGISTRY
 
 
@@ -43,16 +29,9 @@ def tiny() -> TinyGemma2:
     return build_tiny_gemma2(seed=0)
 
 
-def _corpus_token_ids(tiny: TinyGemma2) -> list[int]:
-    # Real text (Python's own standard library) so that the activations have structure.
-    files = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-m]*.py"))[:40]
-    text = "\n".join(f.read_text(encoding="utf-8", errors="ignore") for f in files)
-    return list(tiny.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 @pytest.fixture(scope="session")
 def corpus_ids(tiny: TinyGemma2) -> list[int]:
-    ids = _corpus_token_ids(tiny)
+    ids = stdlib_token_ids(tiny.tokenizer)
     assert len(ids) > 400 * CONTEXT
     return ids
 
