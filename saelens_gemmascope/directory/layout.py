@@ -32,6 +32,8 @@ from saelens_gemmascope.directory.npz import PARAM_KEYS, SKIP_KEY, expected_para
 RELEASE_FILE = "release.json"
 RELEASE_FORMAT = "saelens-gemmascope/local-release"
 RELEASE_FORMAT_VERSION = 1
+#: The files an export folder holds: Gemma Scope's ``params.npz``; Gemma Scope 2's pair.
+EXPORTED_FILES = ("params.npz", "params.safetensors", "config.json")
 
 _RELEASE_WIDTHS = {2**20: "1m", **{2**p: f"{2**p // 1000}k" for p in range(12, 20)}}
 _LAYER_IN_HOOK = re.compile(r"^blocks\.(\d+)\.")
@@ -145,11 +147,24 @@ def read_release_manifest(root: str | Path) -> dict[str, Any]:
     return check_release_manifest(path, data, expected_format=RELEASE_FORMAT, version=RELEASE_FORMAT_VERSION)
 
 
-def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    path = root / RELEASE_FILE
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file renamed into place (a crash never
+    leaves a half-written file under the real name)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def _write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    write_json_atomic(root / RELEASE_FILE, manifest)
+
+
+def record_export(root: Path, entry: dict[str, Any]) -> None:
+    """Add ``entry`` to ``<root>/release.json``, replacing the entry with the same id."""
+    manifest = read_release_manifest(root)
+    manifest["saes"] = [e for e in manifest["saes"] if e["id"] != entry["id"]] + [entry]
+    manifest["saes"].sort(key=lambda e: e["id"])
+    _write_manifest(root, manifest)
 
 
 def export_gemmascope_sae(
@@ -226,16 +241,14 @@ def export_gemmascope_sae(
     if sae_name is not None:
         entry["sae_name"] = sae_name
     entry.update(_transcoder_fields(sae))
-    manifest = read_release_manifest(root)
-    manifest["saes"] = [e for e in manifest["saes"] if e["id"] != sae_id] + [entry]
-    manifest["saes"].sort(key=lambda e: e["id"])
-    _write_manifest(root, manifest)
+    record_export(root, entry)
     return ExportedSAE(sae_id=sae_id, params_path=params_path, entry=entry)
 
 
 def remove_exports(root: str | Path, sae_ids: Collection[str]) -> None:
-    """Drop ``sae_ids`` from ``<root>/release.json``, then delete their ``params.npz`` (a crash in
-    between leaves an unlisted file, never a listed one that is missing) and emptied folders."""
+    """Drop ``sae_ids`` from ``<root>/release.json``, then delete their files (``params.npz``, or a
+    Gemma Scope 2 export's ``params.safetensors`` and ``config.json``: a crash in between leaves an
+    unlisted file, never a listed one that is missing) and emptied folders."""
     root = Path(root)
     manifest = read_release_manifest(root)
     removed = [e for e in manifest["saes"] if e["id"] in sae_ids]
@@ -243,7 +256,8 @@ def remove_exports(root: str | Path, sae_ids: Collection[str]) -> None:
     _write_manifest(root, manifest)
     for entry in removed:
         folder = root / entry["path"]
-        (folder / "params.npz").unlink(missing_ok=True)
+        for name in EXPORTED_FILES:
+            (folder / name).unlink(missing_ok=True)
         while folder != root and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
             folder = folder.parent

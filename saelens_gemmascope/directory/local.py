@@ -1,7 +1,8 @@
 """Serve a folder of Gemma Scope-layout exports through ``SAE.from_pretrained``.
 
 ``register_local_release(root)`` registers one release whose ``repo_id`` is the folder and whose
-converter, ``gemmascope_local``, reads ``params.npz`` and ``release.json`` from disk, and records
+converter, ``gemmascope_local``, reads ``release.json`` and each SAE's ``params.npz`` (Gemma Scope
+layout) or ``params.safetensors`` (Gemma Scope 2 layout, :mod:`.scope2_layout`) from disk, and records
 the name in the persistent registry (:mod:`.local_registry`), from which importing the package
 registers it again in later processes. The release goes through the plugin host's checks like any
 plugin's (:func:`saelens_gemmascope.registry.register_release`, as the plugin ``gemmascope.local``):
@@ -36,6 +37,14 @@ from saelens_gemmascope.directory.layout import (
     read_release_manifest,
 )
 from saelens_gemmascope.directory.npz import expected_param_shapes, read_params_npz
+from saelens_gemmascope.directory.safetensors_params import (
+    expected_scope2_shapes,
+    read_params_safetensors,
+    to_saelens_keys,
+)
+from saelens_gemmascope.directory.scope2_layout import CONFIG_FILE as SCOPE2_CONFIG_FILE
+from saelens_gemmascope.directory.scope2_layout import PARAMS_FILE as SCOPE2_PARAMS_FILE
+from saelens_gemmascope.directory.scope2_layout import SCOPE2_LAYOUT, check_exported_config
 from saelens_gemmascope.models.lookup import find_model_spec
 from saelens_gemmascope.models.spec import UnknownNameError
 from saelens_gemmascope.registry import forget_release, register_release, registered_models, registrations
@@ -97,7 +106,12 @@ def local_release_config(
     """SAELens config dict of one exported SAE: a raw-space ``jumprelu``, or for a transcoder the
     ``jumprelu_transcoder`` / ``jumprelu_skip_transcoder`` its entry names (with ``d_out`` and the
     hook it writes, ``hook_name_out``)."""
-    entry = _entry(Path(repo_id), folder_name)
+    return _config_of_entry(repo_id, folder_name, _entry(Path(repo_id), folder_name), device, cfg_overrides)
+
+
+def _config_of_entry(
+    repo_id: str, folder_name: str, entry: dict[str, Any], device: str, cfg_overrides: dict[str, Any] | None
+) -> dict[str, Any]:
     architecture = entry.get("architecture") or "jumprelu"
     if architecture not in LOCAL_ARCHITECTURES:
         raise ValueError(
@@ -144,13 +158,20 @@ def local_release_loader(
     force_download: bool = False,
     cfg_overrides: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor], torch.Tensor | None]:
-    """Config, weights (shape-checked) and no sparsity for one exported SAE."""
-    cfg = local_release_config(repo_id, folder_name, device, force_download, cfg_overrides)
-    params_path = Path(repo_id) / folder_name / "params.npz"
-    shapes = expected_param_shapes(
-        cfg["d_in"], cfg["d_sae"], cfg.get("d_out"), skip=cfg["architecture"] == "jumprelu_skip_transcoder"
-    )
-    state = read_params_npz(params_path, shapes)
+    """Config, weights (checked: keys, shapes, finite values) and no sparsity for one exported SAE,
+    from its ``params.npz`` (Gemma Scope layout) or ``params.safetensors`` (Gemma Scope 2 layout,
+    whose ``config.json``, when present, must agree with the entry)."""
+    entry = _entry(Path(repo_id), folder_name)
+    cfg = _config_of_entry(repo_id, folder_name, entry, device, cfg_overrides)
+    folder = Path(repo_id) / folder_name
+    skip = cfg["architecture"] == "jumprelu_skip_transcoder"
+    if entry.get("layout") == SCOPE2_LAYOUT:
+        check_exported_config(folder / SCOPE2_CONFIG_FILE, entry)
+        shapes = expected_scope2_shapes(cfg["d_in"], cfg["d_sae"], cfg.get("d_out") or cfg["d_in"], skip)
+        state = to_saelens_keys(read_params_safetensors(folder / SCOPE2_PARAMS_FILE, shapes))
+    else:
+        shapes = expected_param_shapes(cfg["d_in"], cfg["d_sae"], cfg.get("d_out"), skip=skip)
+        state = read_params_npz(folder / "params.npz", shapes)
     return cfg, {k: v.to(device) for k, v in state.items()}, None
 
 

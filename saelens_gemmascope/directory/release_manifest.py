@@ -80,7 +80,16 @@ _OPTIONAL_CHECKS: dict[str, Callable[[Any], str | None]] = {
     ),
     "hook_name_out": _text,
     "d_out": _positive_int,
+    # Gemma Scope 2 exports (directory/scope2_layout.py); an entry without a layout is Gemma Scope's.
+    "layout": lambda value: (
+        None if value in ("gemma-scope", "gemma-scope-2") else "expected gemma-scope or gemma-scope-2"
+    ),
+    "l0_label": _text,
+    "hf_hook_point_in": _text,
+    "hf_hook_point_out": _text,
 }
+#: The files a load may read from an entry's folder (none may resolve outside the release folder).
+_ENTRY_FILES = ("params.npz", "params.safetensors", "config.json")
 
 
 def _path_problem(root: Path, relative: str) -> str | None:
@@ -93,7 +102,7 @@ def _path_problem(root: Path, relative: str) -> str | None:
             "leaves the release folder ('..' or a backslash); expected e.g. layer_1/width_16k/average_l0_50"
         )
     real_root = root.resolve()
-    for target in (root / relative, root / relative / "params.npz"):
+    for target in (root / relative, *(root / relative / name for name in _ENTRY_FILES)):
         if not target.resolve().is_relative_to(real_root):
             return f"resolves to {target.resolve()}, outside the release folder (a symlink out)"
     return None

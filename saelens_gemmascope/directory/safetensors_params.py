@@ -1,10 +1,12 @@
-"""Reading Gemma Scope 2 ``params.safetensors`` files: strict checks, then SAELens's key names.
+"""Reading and writing Gemma Scope 2 ``params.safetensors`` files: strict checks, then SAELens's key
+names (and back, for exports).
 
 A Gemma Scope 2 folder holds lower-case keys ``w_enc [d_in, d_sae]``, ``w_dec [d_sae, d_out]``,
 ``b_enc [d_sae]``, ``b_dec [d_out]``, ``threshold [d_sae]`` and, for affine skip transcoders,
 ``affine_skip_connection [d_in, d_out]``. Keys, dtypes and shapes are checked on the file's header
 before any tensor is read; then every value must be finite and every threshold >= 0. Every error
-names the file (and the key).
+names the file (and the key). :func:`write_params_safetensors` writes the same keys, float32,
+through a temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from saelens_gemmascope.directory.npz import ParamsFileError, check_param_values, expected_param_shapes
 
@@ -115,3 +118,31 @@ def to_saelens_keys(raw: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if SKIP_KEY in raw:
         state["W_skip"] = raw[SKIP_KEY].T.contiguous()
     return state
+
+
+def to_scope2_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SAELens's keys -> the release's (the inverse of :func:`to_saelens_keys`): ``W_skip [d_out, d_in]``
+    is written as ``affine_skip_connection = W_skip.T [d_in, d_out]``."""
+    raw = {key: state[saelens_key] for key, saelens_key in SAELENS_KEYS.items()}
+    if "W_skip" in state:
+        raw[SKIP_KEY] = state["W_skip"].T
+    return raw
+
+
+def write_params_safetensors(path: str | Path, raw: Mapping[str, torch.Tensor]) -> Path:
+    """Write release-keyed tensors (see :func:`to_scope2_keys`) as float32 to ``path`` (parents
+    created); an interrupted write leaves a ``.tmp`` file, never a half-written ``path``."""
+    path = Path(path)
+    unknown = sorted(set(raw) - {*BASE_KEYS, SKIP_KEY})
+    missing = [key for key in BASE_KEYS if key not in raw]
+    if unknown or missing:
+        raise ParamsFileError(
+            f"cannot write {path}: missing {', '.join(missing) or 'nothing'}, "
+            f"unexpected {', '.join(unknown) or 'nothing'}"
+        )
+    tensors = {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in raw.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    return path

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from saelens_gemmascope.recipe.config import (
     RECIPE_RUNNER_DEFAULTS,
+    gemmascope2_sae_config,
     gemmascope_ladder,
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
@@ -29,6 +30,7 @@ __all__ = [
     "GemmaScopeSAETrainer",
     "GemmaScopeTrainingSAE",
     "GemmaScopeTrainingSAEConfig",
+    "gemmascope2_sae_config",
     "gemmascope_ladder",
     "gemmascope_multi_runner_config",
     "gemmascope_runner_config",

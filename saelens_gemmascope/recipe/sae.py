@@ -63,6 +63,7 @@ ThresholdParametrisation = Literal["direct", "log"]
 InputScaling = Literal["unit_mean_squared_norm", "none"]
 LrWarmUpShape = Literal["cosine", "linear"]
 FastPath = Literal["auto", "dense", "sparse"]
+L0Penalty = Literal["linear", "quadratic"]
 StepPath = Literal["dense", "sparse"]
 
 
@@ -103,6 +104,30 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             θ = 0.001 makes about half the latents fire. The sparse path needs float32/float64
             parameters (bf16 through autocast is fine), no hooks on the SAE's hook points and an
             input without gradient; ``"auto"`` falls back to dense otherwise, ``"sparse"`` raises.
+            It covers both ``l0_penalty`` forms; a step with ``frequency_penalty`` on is dense
+            (``"auto"`` falls back, ``"sparse"`` raises).
+
+    Gemma Scope 2 knobs (off by default, so a Gemma Scope config trains exactly as before; the
+    helper ``recipe.config.gemmascope2_sae_config`` turns them on):
+
+    Args:
+        l0_penalty: ``"linear"`` (Gemma Scope): λ·‖f‖₀ per row. ``"quadratic"`` (Gemma Scope 2):
+            λ·(2/L0*)·(‖f‖₀ - L0*)² per row, around ``target_l0`` = L0*. Both use the same
+            straight-through estimator for ‖f‖₀ and are averaged over the batch's rows. (Same
+            formula as SAELens's ``jumprelu_sparsity_loss_mode="quadratic"``.) At ‖f‖₀ = 2·L0*
+            the two penalties have equal *values*; their θ-gradients are equal at
+            ‖f‖₀ = 1.25·L0* (the quadratic's slope in ‖f‖₀ is λ·4(‖f‖₀ - L0*)/L0*).
+        target_l0: L0*, required by (and only read by) the quadratic penalty; in (0, d_sae].
+        frequency_penalty: strength μ of the penalty on high-frequency latents (0 = off). Gemma
+            Scope 2 does not publish its form; ours: with ``p_i`` latent i's firing frequency over
+            the batch, the mean over rows of the same straight-through step as ‖f‖₀ (so it trains
+            θ only), the loss adds λ·μ·Σ_i relu(p_i - c)² with c = ``frequency_cap`` and λ the
+            current (warmed-up) L0 coefficient. Latents at or below the cap are untouched; one
+            above it gets a θ-gradient of -2λμ·(p_i - c)·(1/ε)·mean_rows K((pre - θ_i)/ε), against
+            the linear L0 penalty's -λ·(1/ε)·mean_rows K(...): μ is the penalty's strength
+            *relative to λ*, so it ramps up with λ's warm-up and keeps its meaning along a λ
+            ladder. A latent 0.1 above the cap gets 0.2·μ times the linear penalty's push.
+        frequency_cap: c above, the firing frequency a latent may reach unpenalised (in [0, 1)).
     """
 
     decoder_init_norm: float | None = 1.0
@@ -118,6 +143,10 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
     adam_eps: float = 1e-8
     max_grad_norm: float | None = None
     fast_path: FastPath = "auto"
+    l0_penalty: L0Penalty = "linear"
+    target_l0: float | None = None
+    frequency_penalty: float = 0.0
+    frequency_cap: float = 0.1
 
     @classmethod
     def architecture(cls) -> str:
@@ -140,6 +169,20 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError("lr_warm_up_start_fraction must be in (0, 1]")
         if self.fast_path not in ("auto", "dense", "sparse"):
             raise ValueError(f"fast_path must be 'auto', 'dense' or 'sparse', got {self.fast_path!r}")
+        self._check_gemmascope2_knobs()
+
+    def _check_gemmascope2_knobs(self) -> None:
+        if self.l0_penalty not in ("linear", "quadratic"):
+            raise ValueError(f"l0_penalty must be 'linear' or 'quadratic', got {self.l0_penalty!r}")
+        if self.l0_penalty == "quadratic":
+            if self.target_l0 is None:
+                raise ValueError("l0_penalty='quadratic' needs target_l0 (the L0 it pulls towards)")
+            if not 0 < self.target_l0 <= self.d_sae:
+                raise ValueError(f"target_l0 must be in (0, d_sae={self.d_sae}], got {self.target_l0}")
+        if self.frequency_penalty < 0:
+            raise ValueError(f"frequency_penalty must be >= 0, got {self.frequency_penalty}")
+        if not 0.0 <= self.frequency_cap < 1.0:
+            raise ValueError(f"frequency_cap must be in [0, 1), got {self.frequency_cap}")
 
 
 class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
@@ -224,12 +267,35 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         sae_out: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         threshold = self.threshold_values
-        l0 = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth).sum(dim=-1)
-        return {"l0_loss": self._l0_loss(step_input, l0)}
+        fires = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth)
+        return self._sparsity_losses(step_input, fires.sum(dim=-1), fires)
 
-    @staticmethod
-    def _l0_loss(step_input: TrainStepInput, l0_per_row: torch.Tensor) -> torch.Tensor:
+    def _sparsity_losses(
+        self, step_input: TrainStepInput, l0_per_row: torch.Tensor, fires: torch.Tensor | None
+    ) -> dict[str, torch.Tensor]:
+        """``l0_loss``, plus ``frequency_loss`` when ``frequency_penalty`` is on (then ``fires``, the
+        straight-through step ``H(pre - θ)`` of every entry, is needed)."""
+        losses = {"l0_loss": self._l0_loss(step_input, l0_per_row)}
+        if self.cfg.frequency_penalty > 0:
+            assert fires is not None, "the frequency penalty needs every entry's step (a dense step)"
+            losses["frequency_loss"] = self._frequency_loss(step_input, fires)
+        return losses
+
+    def _l0_loss(self, step_input: TrainStepInput, l0_per_row: torch.Tensor) -> torch.Tensor:
+        if self.cfg.l0_penalty == "quadratic":
+            target = self.cfg.target_l0
+            assert target is not None  # checked by the config
+            # Gemma Scope 2: λ·(2/L0*)·(‖f‖₀ - L0*)², averaged over rows as the linear one is.
+            return (step_input.coefficients["l0"] * (2.0 / target) * (l0_per_row - target).square()).mean()
         return (step_input.coefficients["l0"] * l0_per_row).mean()
+
+    def _frequency_loss(self, step_input: TrainStepInput, fires: torch.Tensor) -> torch.Tensor:
+        # p_i over every row of the batch (any leading shape); the step's estimator makes it train θ.
+        frequency = fires.reshape(-1, self.cfg.d_sae).mean(dim=0)
+        excess = torch.relu(frequency - self.cfg.frequency_cap)
+        # Relative to λ (warm-up included): see frequency_penalty in the config's docstring.
+        strength = step_input.coefficients["l0"] * self.cfg.frequency_penalty
+        return strength * excess.square().sum()
 
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
         # SAELens's CoefficientScheduler gives λ·n/W at step n: linear from 0, as the recipe says.
@@ -260,6 +326,9 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             return f"the parameters are {self.W_enc.dtype}; it needs float32 or float64 (autocast for bf16)"
         if any(hook.fwd_hooks or hook.bwd_hooks for hook in self.hook_dict.values()):
             return "hooks are attached to the SAE; the sparse path skips the hook points after the encoder"
+        if self.cfg.frequency_penalty > 0:
+            # Each latent's batch frequency needs every entry's step; the sparse kernel yields rows' L0s.
+            return "frequency_penalty is on; the sparse path computes no per-latent frequencies"
         return None
 
     # -- what a transcoder changes (recipe.transcoder overrides these four) ----------------------
@@ -307,8 +376,10 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             self.last_step_path = "dense"
             feature_acts = self._activate(hidden_pre)
             sae_out = self.add_skip(self.decode(feature_acts), x)
-            l0_per_row = step(hidden_pre, threshold, eps).sum(dim=-1)
-            return self._step_output(step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row)
+            fires = step(hidden_pre, threshold, eps)
+            return self._step_output(
+                step_input, target, sae_out, feature_acts, hidden_pre, fires.sum(dim=-1), fires
+            )
         self.last_step_path = "sparse"
         # sae_in carries no gradient (checked above); the Function computes only the parameters'.
         decoded, l0_per_row = SparseJumpReLUStep.apply(
@@ -321,7 +392,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         with torch.no_grad():
             feature_acts = entries.feature_acts().reshape(hidden_pre.shape)
         return self._step_output(
-            step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading)
+            step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading), None
         )
 
     def _step_output(
@@ -332,15 +403,21 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         feature_acts: torch.Tensor,
         hidden_pre: torch.Tensor,
         l0_per_row: torch.Tensor,
+        fires: torch.Tensor | None,
     ) -> TrainStepOutput:
         # The losses as SAELens's TrainingSAE.training_forward_pass forms them (it has no seam
         # for a forward pass that yields the L0 itself): MSE summed over the output, mean over rows.
         # ``sae_in`` is the target, so that SAELens's logged metrics compare like with like.
         mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()
-        l0_loss = self._l0_loss(step_input, l0_per_row)
+        losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, l0_per_row, fires)}
+        # Summed in insertion order, as SAELens sums its losses: mse + l0 (+ frequency).
+        loss = mse_loss
+        for name, value in losses.items():
+            if name != "mse_loss":
+                loss = loss + value
         return TrainStepOutput(
             sae_in=target, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
-            loss=mse_loss + l0_loss, losses={"mse_loss": mse_loss, "l0_loss": l0_loss},
+            loss=loss, losses=losses,
         )  # fmt: skip
 
     # -- the step hooks the recipe's trainer calls -----------------------------------------------

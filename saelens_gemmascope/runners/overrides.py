@@ -133,7 +133,9 @@ NUMERIC_CONSTRAINTS: Mapping[str, Bound] = types.MappingProxyType(
         "lr_warm_up_start_fraction": IN_OPEN_0_1,
         "eval_batch_size_prompts": POSITIVE,
         "max_grad_norm": POSITIVE,
+        "target_l0": POSITIVE,
         # non-negative
+        "frequency_penalty": NON_NEGATIVE,
         "lr_warm_up_steps": NON_NEGATIVE,
         "l0_warm_up_steps": NON_NEGATIVE,
         "lr_decay_steps": NON_NEGATIVE,
@@ -143,6 +145,7 @@ NUMERIC_CONSTRAINTS: Mapping[str, Bound] = types.MappingProxyType(
         "adam_beta1": IN_0_1_OPEN,
         "adam_beta2": IN_0_1_OPEN,
         "activations_mixing_fraction": IN_0_1,
+        "frequency_cap": IN_0_1_OPEN,
     }
 )
 """Numeric policy, one place: a field's value (when a number, not ``None``) must lie in its bound."""
