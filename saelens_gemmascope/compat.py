@@ -150,17 +150,6 @@ def register_converter(name: str, loader: Callable[..., Any], config_getter: Cal
     NAMED_PRETRAINED_SAE_CONFIG_GETTERS[name] = config_getter  # type: ignore[assignment]
 
 
-def unregister_converter(name: str) -> None:
-    """Take a named converter out of SAELens's two tables (no error if absent)."""
-    from sae_lens.loading.pretrained_sae_loaders import (
-        NAMED_PRETRAINED_SAE_CONFIG_GETTERS,
-        NAMED_PRETRAINED_SAE_LOADERS,
-    )
-
-    NAMED_PRETRAINED_SAE_LOADERS.pop(name, None)
-    NAMED_PRETRAINED_SAE_CONFIG_GETTERS.pop(name, None)
-
-
 # -- the pretrained-SAE directory ----------------------------------------------------------------
 # sae_lens/loading/pretrained_saes_directory.py: get_pretrained_saes_directory() is public, but it
 # returns an lru_cache'd dict parsed from SAELens's pretrained_saes.yaml, and SAELens has no way to
@@ -273,13 +262,13 @@ def record_firing(trainer: SAETrainer[Any, Any], feature_acts: torch.Tensor) -> 
     One difference: the rows counted are the rows this step saw (SAELens counts the configured
     batch size, which a data-parallel rank, seeing its share of the batch, does not).
     """
-    fired = feature_acts.bool().float()
-    did_fire = fired.sum(-2).bool()
-    if did_fire.is_sparse:
-        did_fire = did_fire.to_dense()
+    fired = feature_acts.reshape(-1, feature_acts.shape[-1]).bool().float()
+    counts = fired.sum(0)  # one reduction serves both (SAELens sums twice)
+    if counts.is_sparse:
+        counts = counts.to_dense()
     trainer.n_forward_passes_since_fired += 1
-    trainer.n_forward_passes_since_fired[did_fire] = 0
-    trainer.act_freq_scores += fired.sum(0)
+    trainer.n_forward_passes_since_fired[counts.bool()] = 0
+    trainer.act_freq_scores += counts
     trainer.n_frac_active_samples += fired.shape[0]
 
 

@@ -76,11 +76,17 @@ def test_snapshot_restore_undoes_every_registration(global_tables_snapshot: Call
     assert pretrained_directory() is directory  # restored in place: the dict SAE.from_pretrained reads
 
 
+_REGISTERED_BY_THE_TEST_BEFORE: list[bool] = []
+
+
 def test_a_test_registers_things_and_leaves_them() -> None:
     _register_everything_bogus()
     assert len(_bogus_things_seen()) == 10
+    _REGISTERED_BY_THE_TEST_BEFORE.append(True)
 
 
 def test_the_next_test_does_not_see_them() -> None:
     # Runs after the test above (pytest keeps a file's order): the autouse fixture undid its changes.
+    # The flag makes sure the test above did run in this process (run alone, this one fails).
+    assert _REGISTERED_BY_THE_TEST_BEFORE == [True]
     assert _bogus_things_seen() == []

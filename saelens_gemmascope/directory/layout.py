@@ -108,6 +108,26 @@ def gemmascope_params(sae: SAE[Any]) -> dict[str, torch.Tensor]:
     return {key: state[key] for key in keys}
 
 
+def checked_export_params(sae: SAE[Any], name: str) -> dict[str, torch.Tensor]:
+    """:func:`gemmascope_params`, refused before anything is written if non-finite, a threshold is
+    negative, or a shape is not the SAE's (both layouts' exports use it)."""
+    params = gemmascope_params(sae)
+    not_finite = [key for key, value in params.items() if not bool(torch.isfinite(value).all())]
+    if not_finite:
+        raise ValueError(f"cannot export {name}: non-finite values in {', '.join(not_finite)}")
+    if bool((params["threshold"] < 0).any()):
+        raise ValueError(f"cannot export {name}: negative JumpReLU thresholds")
+    expected = expected_param_shapes(
+        sae.cfg.d_in, sae.cfg.d_sae, getattr(sae.cfg, "d_out", None), skip=SKIP_KEY in params
+    )
+    for key, shape in expected.items():
+        if tuple(params[key].shape) != shape:
+            raise ValueError(
+                f"cannot export {name}: {key} has shape {tuple(params[key].shape)}, expected {shape}"
+            )
+    return params
+
+
 def _transcoder_fields(sae: SAE[Any]) -> dict[str, Any]:
     """A transcoder's own entry fields: it writes ``hook_name_out`` (``d_out`` wide) and loads as
     SAELens's ``jumprelu_transcoder``, as the released Gemma Scope transcoders do, or with a
@@ -206,17 +226,8 @@ def export_gemmascope_sae(
     if layer is None and site != "embedding":
         raise ValueError(f"cannot tell the layer from hook {hook_name!r}: pass layer=")
 
-    params = gemmascope_params(sae)
-    not_finite = [key for key, value in params.items() if not bool(torch.isfinite(value).all())]
-    if not_finite:
-        raise ValueError(
-            f"cannot export {sae_name or 'the SAE'}: non-finite values in {', '.join(not_finite)}"
-        )
+    params = checked_export_params(sae, sae_name or "the SAE")
     d_in, d_sae = sae.cfg.d_in, sae.cfg.d_sae
-    expected = expected_param_shapes(d_in, d_sae, getattr(sae.cfg, "d_out", None), skip=SKIP_KEY in params)
-    for key, shape in expected.items():
-        if tuple(params[key].shape) != shape:
-            raise ValueError(f"{key} has shape {tuple(params[key].shape)}, expected {shape}")
 
     root = Path(root)
     sae_id = sae_folder(layer, d_sae, average_l0 if folder_l0 is None else folder_l0)

@@ -25,19 +25,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sae_lens.saes.sae import SAE
 
 from saelens_gemmascope.directory.layout import (
+    checked_export_params,
     exported_reshape_activations,
-    gemmascope_params,
     layer_of_hook,
     record_export,
     site_of_hook,
     width_name,
     write_json_atomic,
 )
-from saelens_gemmascope.directory.npz import SKIP_KEY, ParamsFileError, expected_param_shapes
+from saelens_gemmascope.directory.npz import SKIP_KEY, ParamsFileError
 from saelens_gemmascope.directory.safetensors_params import to_scope2_keys, write_params_safetensors
 from saelens_gemmascope.directory.scope2_manifest import AFFINE_SUFFIX, L0_LABELS
 from saelens_gemmascope.models.lookup import model_spec
@@ -170,24 +169,6 @@ def _check_fits(sae: SAE[Any], point: HookPoint, hook_name: str | None) -> None:
             )
 
 
-def _finite_params(sae: SAE[Any], name: str) -> dict[str, torch.Tensor]:
-    params = gemmascope_params(sae)
-    not_finite = [key for key, value in params.items() if not bool(torch.isfinite(value).all())]
-    if not_finite:
-        raise ValueError(f"cannot export {name}: non-finite values in {', '.join(not_finite)}")
-    if bool((params["threshold"] < 0).any()):
-        raise ValueError(f"cannot export {name}: negative JumpReLU thresholds")
-    expected = expected_param_shapes(
-        sae.cfg.d_in, sae.cfg.d_sae, getattr(sae.cfg, "d_out", None), skip=SKIP_KEY in params
-    )
-    for key, shape in expected.items():
-        if tuple(params[key].shape) != shape:
-            raise ValueError(
-                f"cannot export {name}: {key} has shape {tuple(params[key].shape)}, expected {shape}"
-            )
-    return params
-
-
 def export_gemmascope2_sae(
     sae: SAE[Any],
     root: str | Path,
@@ -237,7 +218,7 @@ def export_gemmascope2_sae(
     spec = _resolve_model(model_name)
     point = spec.hook_point(site, layer)
     _check_fits(sae, point, hook_name)
-    params = _finite_params(sae, name)
+    params = checked_export_params(sae, name)
 
     folder = SITE_FOLDERS[site] + (ALL_LAYERS_SUFFIX if all_layers else "")
     width_label = width_label or width_name(sae.cfg.d_sae)

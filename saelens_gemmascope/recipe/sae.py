@@ -47,6 +47,7 @@ from torch import nn
 
 from saelens_gemmascope.recipe.estimators import jumprelu, step
 from saelens_gemmascope.recipe.sparse_step import (
+    SPARSE_DENSITY_CUTOFF,
     SPARSE_DTYPES,
     SparseJumpReLUStep,
     candidate_mask,
@@ -364,6 +365,13 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         # θ as stored, as in _activate: both paths compare in (at least) float32.
         threshold = self.threshold_values
         entries = None
+        if (
+            blocker is None
+            and self.cfg.fast_path == "auto"
+            and hidden_pre.device.type not in SPARSE_DENSITY_CUTOFF
+        ):
+            # "auto" never picks sparse on this device: skip the candidate pass and its host sync.
+            blocker = f"no sparse cut-off for {hidden_pre.device.type}"
         if blocker is None:
             with torch.no_grad():
                 flat_pre = hidden_pre.detach().reshape(-1, self.cfg.d_sae)

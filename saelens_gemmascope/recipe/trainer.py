@@ -44,7 +44,7 @@ from saelens_gemmascope.compat import (
     train_step_input,
 )
 from saelens_gemmascope.progress import ProgressTask, loss_note, step_losses, training_progress
-from saelens_gemmascope.recipe.device_audit import audit_devices, batch_tensors, named_training_tensors
+from saelens_gemmascope.recipe.device_audit import audit_devices, audit_training_start, named_training_tensors
 from saelens_gemmascope.recipe.finite_guard import (
     CHECK_EVERY,
     Fault,
@@ -302,7 +302,7 @@ class GemmaScopeSAETrainer(SAETrainerSeams):
             return super().train_step(sae, sae_in)
         assert isinstance(sae, GemmaScopeTrainingSAE)
         if not self._audited:  # before any arithmetic, so the error names the tensor
-            audit_devices(self.cfg.device, [*named_training_tensors(self), *batch_tensors(sae_in)])
+            audit_training_start(self, sae_in, self.cfg.device)
         sae.train()
         with self.autocast_if_enabled:
             output = sae.training_forward_pass(step_input=train_step_input(self, sae_in))

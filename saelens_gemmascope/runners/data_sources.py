@@ -18,14 +18,6 @@ if TYPE_CHECKING:
 STDLIB_SOURCE = "stdlib"
 
 
-def describe_source(source: str) -> str:
-    if source == STDLIB_SOURCE:
-        return "embedded default (Python documentation text)"
-    if Path(source).exists():
-        return f"local dataset folder {source}"
-    return f"Hugging Face dataset {source} (streamed, split 'train')"
-
-
 def load_training_data(
     source: str, tokenizer: Any, context_size: int
 ) -> datasets.Dataset | datasets.IterableDataset:

@@ -8,7 +8,7 @@ sparsity ladder from the released average L0s. Nothing here is written out by ha
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from saelens_gemmascope.directory.manifest import EMBEDDING, SuiteManifest, load_manifest
@@ -128,11 +128,3 @@ _SITE_ORDER = {site: i for i, site in enumerate(("res", "mlp", "att", TRANSCODER
 def sort_key(preset: TrainingPreset) -> tuple[Any, ...]:
     layer = -1 if preset.layer is None else preset.layer
     return (preset.model_name, _SITE_ORDER.get(preset.site, 99), layer, preset.d_sae)
-
-
-def count_by(presets: Sequence[TrainingPreset], attribute: str) -> dict[Any, int]:
-    """How many presets share each value of ``attribute`` (``release``, ``model_name``, ``site``)."""
-    counts: dict[Any, int] = defaultdict(int)
-    for preset in presets:
-        counts[getattr(preset, attribute)] += 1
-    return dict(counts)

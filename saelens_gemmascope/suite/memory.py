@@ -95,10 +95,6 @@ class PlannedPass(Generic[T]):
     sae_bytes: int
     stream_bytes: int
 
-    @property
-    def total_bytes(self) -> int:
-        return self.sae_bytes + self.stream_bytes
-
 
 def plan_passes(
     items: Sequence[MemoryItem[T]], budget: int | None, buffer_tokens: int

@@ -12,6 +12,7 @@ block), which only its registered spec can tell about.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -319,10 +320,14 @@ def test_the_evaluation_splices_at_the_plugins_site(plugin_world: Registrations,
     folder = tmp_path / "exports"
     export_gemmascope_sae(sae, folder, average_l0=9.0, layer=1, site="resid_pre", model_name=MODEL)
     sae_id = "layer_1/width_64/average_l0_9"
+    loads_before = len(loads)
     result = evaluate_saes([(str(folder), sae_id)], dataset=ids, batch_size=2)
     (metrics,) = result.saes
     assert (metrics.site, metrics.layer, metrics.hook_name) == ("resid_pre", 1, "blocks.1.hook_resid_pre")
     assert result.settings["model"] == MODEL
+    assert len(loads) == loads_before + 1  # the model came from the plugin's own `load`
+    numbers = metrics.metrics
+    assert math.isfinite(numbers["delta_loss"]) and numbers["ce_spliced"] != numbers["ce_clean"]
 
 
 def test_a_local_release_may_not_take_a_name_another_plugin_registered(

@@ -241,7 +241,10 @@ def test_threshold_stays_float32_through_casts_without_bf16_rounding() -> None:
 def test_autocast_keeps_threshold_and_its_gradient_float32() -> None:
     sae, x = gate_case("float32")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        output = sae.training_forward_pass(step_input(x + 1.0))
+        output = sae.training_forward_pass(step_input(x))
     output.loss.backward()
     assert sae.threshold.dtype == torch.float32
     assert gradient(sae, "threshold").dtype == torch.float32
+    # The gate compared pre = PRE_BF16 with θ = THETA_F32 in float32 under autocast: every latent
+    # fires (θ cast to bf16 would equal pre, and none would).
+    assert bool((output.feature_acts > 0).all())

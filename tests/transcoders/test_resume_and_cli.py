@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -52,7 +53,7 @@ def _weights(root: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def test_a_crashed_transcoder_run_resumes_to_the_uninterrupted_weights(
-    tiny: TinyGemma2, token_data: datasets.Dataset, tmp_path: Path
+    tiny: TinyGemma2, token_data: datasets.Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole = tmp_path / "tr-whole"
     _train(whole, tiny, token_data)
@@ -65,7 +66,21 @@ def test_a_crashed_transcoder_run_resumes_to_the_uninterrupted_weights(
     shutil.copytree(whole, crashed)
     shutil.rmtree(crashed / "saes")
     shutil.rmtree(crashed / checkpoints[1].relative_to(whole))
+    # The pass must continue from the surviving checkpoint, not retrain from step 0 (which, being
+    # deterministic on CPU, would also end with the same weights).
+    from saelens_gemmascope.suite import passes
+
+    chosen: list[str | None] = []
+    original = passes._resume_from
+
+    def spy(ctx: Any, pass_id: str) -> str | None:
+        chosen.append(original(ctx, pass_id))
+        return chosen[-1]
+
+    monkeypatch.setattr(passes, "_resume_from", spy)
     _train(crashed, tiny, token_data, resume=True)
+    assert chosen and chosen[-1] is not None
+    assert Path(chosen[-1]).resolve() == (crashed / checkpoints[0].relative_to(whole)).resolve()
     want, got = _weights(whole), _weights(crashed)
     assert want.keys() == got.keys() and len(want) == len(LAMBDAS)
     for name, tensors in want.items():
