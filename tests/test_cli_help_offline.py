@@ -59,7 +59,18 @@ def _expanded_help(action: argparse.Action) -> str:
 
 def test_every_option_of_every_command_has_help_and_says_its_default() -> None:
     commands = _commands()
-    assert {"ls", "info", "fetch", "eval", "train", "presets", "demo", "plugins", "releases"} <= set(commands)
+    assert {
+        "ls",
+        "info",
+        "fetch",
+        "eval",
+        "train",
+        "finetune-kl",
+        "presets",
+        "demo",
+        "plugins",
+        "releases",
+    } <= set(commands)
     missing_help, missing_default = [], []
     for name, parser in commands.items():
         for action in parser._actions:

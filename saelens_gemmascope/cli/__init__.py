@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 #: Modules under saelens_gemmascope.cli that each define ``add_commands(subparsers)``.
-COMMAND_MODULES: tuple[str, ...] = ("plugins", "directory", "releases", "evaluate", "train", "demo")
+COMMAND_MODULES: tuple[str, ...] = (
+    "plugins",
+    "directory",
+    "releases",
+    "evaluate",
+    "train",
+    "finetune",
+    "demo",
+)
 
 
 class UsageError(Exception):

@@ -18,11 +18,21 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
         "saves it in SAELens format and the Gemma Scope layout, reloads it with SAE.from_pretrained and "
         "evaluates it like the paper, the transcoders next to the MLP-output SAEs of their layer.",
         epilog=examples(
-            "gemmascope demo --quick     # one layer, one width", "gemmascope demo --out my-demo"
+            "gemmascope demo --quick     # one layer, one width",
+            "gemmascope demo --out my-demo",
+            "gemmascope demo --suite gemma-scope-2   # Gemma Scope 2's recipe on the tiny Gemma 3",
         ),
     )
     parser.add_argument("--out", default="gemmascope-demo", help="output folder (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="one layer, one width, few steps")
+    parser.add_argument(
+        "--suite",
+        choices=["gemma-scope", "gemma-scope-2"],
+        default="gemma-scope",
+        help="gemma-scope-2: Gemma Scope 2's recipe (quadratic L0 penalty around each target, no "
+        "calibration, plain and skip transcoders, its export layout) on the tiny Gemma 3, random weights, "
+        "fed the same embedded text (default: %(default)s)",
+    )
     parser.add_argument(
         "--model",
         help="train on another registered model, e.g. tiny-gemma-2 (random weights) "
@@ -61,11 +71,11 @@ def check_demo_model(settings: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from saelens_gemmascope.demo.run import QUICK_SETTINGS, DemoSettings, demo_presets, run_demo
+    from saelens_gemmascope.demo.run import demo_presets, run_demo, suite_settings
     from saelens_gemmascope.suite.plan import plan_suite
     from saelens_gemmascope.suite.threads import cpu_threads_for_plan
 
-    settings = QUICK_SETTINGS if args.quick else DemoSettings()
+    settings = suite_settings(args.suite, args.quick)
     if args.model:
         settings = dataclasses.replace(settings, model=args.model)
     if args.no_transcoders:

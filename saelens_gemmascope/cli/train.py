@@ -59,6 +59,7 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
             "gemmascope train ... --l0-coefficients 3e-4,1e-3,3e-3     # an explicit λ ladder",
             "gemmascope train ... --checkpoint-every 250M --wandb my-project",
             "gemmascope train ... --resume                             # continue from the last checkpoints",
+            "gemmascope train ... --data chat-data --init-from pt-run/saes/PASS/PRESET  # PT -> IT finetuning",
         ),
     )
     train.add_argument("patterns", nargs="+", metavar="PRESET-OR-PATTERN",
@@ -84,6 +85,13 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
     train.add_argument(
         "--dtype", default="float32", help="dtype of the model, activations and SAEs (default: %(default)s)"
     )
+    train.add_argument(
+        "--init-from", metavar="SOURCE", dest="init_from",
+        help="start every SAE from a saved SAE of the same site and width instead of the recipe's init "
+        "(Gemma Scope 2's PT -> IT finetuning): an SAE folder or RELEASE/SAE_ID for every rung, or a folder "
+        "holding one SAE folder per rung named as the rung (e.g. target_l0_20: a PT run's "
+        "saes/PASS/PRESET folder). Resumed passes continue from their checkpoints (default: none)",
+    )  # fmt: skip
     train.add_argument("--dry-run", action="store_true", help="print the plan and stop (in every mode)")
     train.add_argument("--cached-activations", action="store_true", help="cache activations to disk first")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoints")
@@ -262,6 +270,7 @@ def run_spec_from_args(args: argparse.Namespace) -> Any:
         checkpoint_every_tokens=parse_count(args.checkpoint_every),
         wandb_project=args.wandb,
         distributed=distributed_spec_from_env(args.distributed) if args.distributed else None,
+        init_from=getattr(args, "init_from", None),
     )
 
 
@@ -285,6 +294,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(plan.describe())
     check_device_available(spec.device)
     check_training_data(spec.data)
+    check_init_source(spec.init_from)
     if args.dry_run:
         return 0
     if spec.distributed is not None:
@@ -355,6 +365,28 @@ def check_training_data(source: str) -> None:
         raise ValueError(f"--data {source}: no input_ids, tokens or text column (has {sorted(columns)})")
     if len(dataset) == 0:
         raise ValueError(f"--data {source}: the dataset has no rows")
+
+
+def check_init_source(source: str | None) -> None:
+    """``--init-from`` names a folder that exists, or ``RELEASE/SAE_ID``: checked before the output
+    folder is made (each pass checks its SAEs' sources fully, shapes included, before training)."""
+    from pathlib import Path
+
+    if source is None:
+        return
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(
+                f"--init-from {source}: not a folder (expected an SAE folder or a folder of them)"
+            )
+        return
+    looks_like_path = source.startswith(("/", "./", "../", "~")) or path.is_absolute()
+    if looks_like_path or "/" not in source.strip("/"):
+        raise ValueError(
+            f"--init-from {source}: no such folder, and not RELEASE/SAE_ID; give a folder saved by SAELens "
+            "(a run's output), a folder of one such folder per rung, or a release available offline"
+        )
 
 
 def _load_models_first(plan: Any, trainers: Any) -> None:

@@ -5,7 +5,7 @@ same hooks a third party uses (and blockable like any plugin).
 * ``tiny-gemma-2-stdlib``: the embedded default, trained on Python's documentation text on first
   use and cached (:mod:`saelens_gemmascope.demo.embedded_model`);
 * ``tiny-gemma-3``: a random Gemma 3 (:mod:`saelens_gemmascope.demo.tiny_gemma3`), the Gemma Scope 2
-  stand-in; no presets.
+  stand-in, with Gemma Scope 2 presets (the quadratic L0 penalty, no calibration).
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from saelens_gemmascope.demo.embedded_model import embedded_model_spec
-from saelens_gemmascope.demo.presets import EMBEDDED_TRAINING_STEPS, EMBEDDED_WIDTHS, tiny_presets
+from saelens_gemmascope.demo.presets import (
+    EMBEDDED_TRAINING_STEPS,
+    EMBEDDED_WIDTHS,
+    tiny_gemmascope2_presets,
+    tiny_presets,
+)
 from saelens_gemmascope.demo.tiny_gemma3 import tiny_gemma3_spec
 from saelens_gemmascope.demo.tiny_model import tiny_gemma2_spec
 from saelens_gemmascope.hookspecs import hookimpl
@@ -62,8 +67,10 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
 
 @hookimpl
 def register_training_presets(register: Callable[[TrainingPreset], None]) -> None:
-    tiny, embedded, _ = demo_model_specs()
+    tiny, embedded, tiny3 = demo_model_specs()
     for preset in tiny_presets(tiny):
         register(preset)
     for preset in tiny_presets(embedded, EMBEDDED_WIDTHS, EMBEDDED_TRAINING_STEPS):
+        register(preset)
+    for preset in tiny_gemmascope2_presets(tiny3):
         register(preset)

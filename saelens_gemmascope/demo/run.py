@@ -9,6 +9,12 @@ It also trains one transcoder ladder (the first layer, the narrowest width), in 
 pass, and shows it next to the MLP-output SAEs of that layer and the MLP output's zero ablation, as
 in the paper's transcoder appendix. Where the model's transcoder preset is missing or cannot be
 trained, the demo says so in one line and goes on without it.
+
+``--suite gemma-scope-2`` (:data:`GEMMASCOPE2_SETTINGS`) runs the same line with Gemma Scope 2's
+recipe on the tiny Gemma 3 (random weights, fed the same embedded text): the quadratic L0 penalty
+around each target with one fixed λ, so no calibration stage; plain and skip transcoders; export in
+Gemma Scope 2's layout (``resid_post/layer_1_width_256_l0_small``). Its summary says how close each
+SAE's L0 came to its target.
 """
 
 from __future__ import annotations
@@ -64,6 +70,33 @@ class DemoSettings:
 #: A shortened run (one layer, one width, few steps), for tests and a first look.
 #: (steps stay above the presets' λ warm-up of 100 steps, or the ladder cannot separate).
 QUICK_SETTINGS = DemoSettings(layers=(1,), widths=("512",), steps=160, eval_sequences=16)
+
+#: The demo's suites: Gemma Scope (the default) and Gemma Scope 2.
+GEMMASCOPE_SUITE = "gemma-scope"
+GEMMASCOPE2_SUITE = "gemma-scope-2"
+DEMO_SUITES = (GEMMASCOPE_SUITE, GEMMASCOPE2_SUITE)
+
+#: ``--suite gemma-scope-2``: the tiny Gemma 3's Gemma Scope 2 presets (their own 300 steps, no
+#: calibration) at a local and the global layer, with plain and skip transcoders at the first.
+GEMMASCOPE2_SETTINGS = DemoSettings(
+    model="tiny-gemma-3",
+    sites=("res", "mlp", "att", "skip_transcoder"),
+    layers=(1, 5),
+    widths=("256",),
+    steps=None,
+)
+GEMMASCOPE2_QUICK_SETTINGS = dataclasses.replace(
+    GEMMASCOPE2_SETTINGS, sites=("res", "mlp", "att"), layers=(1,), eval_sequences=16
+)
+
+
+def suite_settings(suite: str, quick: bool = False) -> DemoSettings:
+    """The demo settings of ``suite`` (one of :data:`DEMO_SUITES`), shortened when ``quick``."""
+    if suite == GEMMASCOPE_SUITE:
+        return QUICK_SETTINGS if quick else DemoSettings()
+    if suite == GEMMASCOPE2_SUITE:
+        return GEMMASCOPE2_QUICK_SETTINGS if quick else GEMMASCOPE2_SETTINGS
+    raise ValueError(f"unknown demo suite {suite!r}; one of {', '.join(DEMO_SUITES)}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +178,7 @@ def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
     chosen = [
         presets[preset_name(settings.model, site, layer, width)]
         for site in settings.sites
-        for layer in settings.layers
+        for layer in _site_layers(settings, site)
         for width in settings.widths
     ]
     transcoder = demo_transcoder(settings).preset
@@ -164,6 +197,13 @@ def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
         tokens = steps * int(preset.overrides["train_batch_size_tokens"])
         shortened.append(dataclasses.replace(preset, training_tokens=tokens, calibration_tokens=tokens))
     return shortened
+
+
+def _site_layers(settings: DemoSettings, site: str) -> tuple[int, ...]:
+    """Skip transcoders, like the transcoder ladder, at the first layer only."""
+    from saelens_gemmascope.suite.catalog import SKIP_TRANSCODER
+
+    return settings.layers[:1] if site == SKIP_TRANSCODER else settings.layers
 
 
 def zero_ablation(sae: Any) -> Any:
@@ -413,7 +453,7 @@ def transcoder_lines(rows: Sequence[DemoRow]) -> list[str]:
     """Each transcoder against the MLP-output SAEs of its layer (their delta LM loss interpolated at
     the transcoder's L0) and the MLP output's zero ablation: the paper's transcoder appendix."""
     lines = []
-    for tc in sorted((r for r in rows if r.site == TRANSCODER_SITE), key=lambda r: (r.layer, r.l0)):
+    for tc in sorted((r for r in rows if r.site == TRANSCODER_SITE), key=lambda r: (r.layer, r.label, r.l0)):
         mlp = [r for r in rows if r.site == "mlp" and r.layer == tc.layer]
         sae_loss = _interpolated(mlp, tc.l0, "delta_loss")
         versus = f"MLP-output SAEs {sae_loss:.3f} at that L0, " if sae_loss is not None else ""
@@ -438,12 +478,42 @@ def _flag_lines(rows: Sequence[DemoRow]) -> list[str]:
     return [f"⚠ {len(flagged)} of {len(rows)} SAEs have {rule}: {listed}."]
 
 
-def _data_line(eval_settings: dict[str, Any]) -> str:
+def _data_line(eval_settings: dict[str, Any], scope2: bool = False) -> str:
     n, distinct = eval_settings["n_sequences"], eval_settings.get("n_distinct_sequences", "?")
+    naming = (
+        "release ids name the target's L0 label, as Gemma Scope 2 does (`..._l0_small` for the smallest)"
+        if scope2
+        else "release ids name the target L0 (`average_l0_24` for a target of 24)"
+    )
     return (
         f"Evaluated on {n} held-out sequences ({distinct} distinct) of {eval_settings['context_size']} "
-        "tokens; L0 is measured there, release ids name the target L0 (`average_l0_24` for a target of 24)."
+        f"tokens; L0 is measured there, {naming}."
     )
+
+
+#: How far from its target an SAE's L0 may land and still count as on target (the acceptance bound).
+TARGET_TOLERANCE = 1.5
+
+
+def target_ratios(rows: Sequence[DemoRow]) -> list[float]:
+    """Each SAE's measured L0 over its target L0."""
+    return [r.l0 / r.target_l0 for r in rows if r.target_l0]
+
+
+def _target_lines(rows: Sequence[DemoRow]) -> list[str]:
+    ratios = target_ratios(rows)
+    if not ratios:
+        return []
+    within = [q for q in ratios if 1 / TARGET_TOLERANCE <= q <= TARGET_TOLERANCE]
+    return [
+        f"L0 within x{TARGET_TOLERANCE:g} of its target: {len(within)} of {len(ratios)} SAEs "
+        f"(L0 / target from {min(ratios):.2f} to {max(ratios):.2f})."
+    ]
+
+
+def _fixed_lambda(rows: Sequence[DemoRow]) -> bool:
+    """Every SAE trained with one λ: Gemma Scope 2's recipe (the quadratic penalty aims at the target)."""
+    return len({r.l0_coefficient for r in rows}) == 1 and len(rows) > 1
 
 
 def _write_summary(
@@ -475,18 +545,26 @@ def _write_summary(
             f"{r.fvu:.3f} | {r.delta_loss:.3f} | {r.zero_ablation_delta_loss:.3f} | "
             f"{_flag_cell(r.dead_fraction, 'dead', r)} | {_flag_cell(r.dense_fraction, 'dense', r)} |"
         )
+    scope2 = _fixed_lambda(rows)
+    ladder_line = (
+        "Gemma Scope 2's recipe: one λ for every SAE, the quadratic L0 penalty aiming at each target "
+        "(no calibration)."
+        if scope2
+        else f"L0 decreases with λ on every ladder: {'yes' if ladder_is_monotone(rows) else 'NO'}."
+    )
     lines += [
         "",
         "FVU is the fraction of variance unexplained (explained variance = 1 - FVU); delta LM loss is "
         "the spliced minus the clean next-token loss (nats).",
-        _data_line(eval_settings),
-        f"L0 decreases with λ on every ladder: {'yes' if ladder_is_monotone(rows) else 'NO'}.",
+        _data_line(eval_settings, scope2),
+        ladder_line,
+        *_target_lines(rows),
         *_width_lines(rows),
         *transcoder_lines(rows),
         *notes,
         *_flag_lines(rows),
         "Full report with plots: `eval/report.md`; SAEs: `suite/saes/` (SAELens format) and "
-        "`suite/release/` (Gemma Scope layout).",
+        f"`suite/release/` (Gemma Scope{' 2' if scope2 else ''} layout).",
     ]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")

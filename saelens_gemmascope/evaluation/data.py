@@ -3,7 +3,7 @@
 Rows are either pre-tokenised (an ``input_ids`` or ``tokens`` column) or text (a ``text`` column,
 tokenised one document per sequence with the tokenizer's BOS, as the paper evaluates per Pile
 subset). Documents are truncated to C tokens and shorter ones padded with the pad id; padding is
-masked by the rules in :mod:`saelens_gemmascope.evaluation.masking`, so it never counts.
+masked by the rules in :mod:`saelens_gemmascope.models.token_masks`, so it never counts.
 
 The domain of a row is read from a ``domain`` column or from the Pile's ``meta.pile_set_name``
 (``domain_column`` names another, dotted for nested fields).

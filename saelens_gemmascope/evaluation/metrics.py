@@ -1,6 +1,6 @@
 """Per-token metric tensors of one batch, and running sums that turn them into the paper's numbers.
 
-Every sum is float64 and masked by the rules in :mod:`saelens_gemmascope.evaluation.masking`, so a
+Every sum is float64 and masked by the rules in :mod:`saelens_gemmascope.models.token_masks`, so a
 metric is a ratio of two sums over exactly the tokens that count, however the batches fall:
 
 * ``l0``         = Σ ‖f(x)‖₀ / n

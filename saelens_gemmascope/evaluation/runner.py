@@ -28,7 +28,6 @@ from saelens_gemmascope.evaluation.data import (
     eval_tokens,
     load_named_dataset,
 )
-from saelens_gemmascope.evaluation.masking import SpecialTokens, activation_mask, loss_mask
 from saelens_gemmascope.evaluation.metrics import (
     LatentFiring,
     MetricSums,
@@ -47,6 +46,7 @@ from saelens_gemmascope.evaluation.splice import (
     plan_splice,
     spliced_logits,
 )
+from saelens_gemmascope.models.token_masks import SpecialTokens, activation_mask, loss_mask
 
 #: Paper defaults (§5): 2,048 sequences of 1,024 tokens.
 PAPER_N_SEQUENCES = 2048

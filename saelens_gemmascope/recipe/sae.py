@@ -46,6 +46,7 @@ from sae_lens.saes.sae import (
 from torch import nn
 
 from saelens_gemmascope.recipe.estimators import jumprelu, step
+from saelens_gemmascope.recipe.matryoshka import normalised_widths, partial_decodes
 from saelens_gemmascope.recipe.sparse_step import (
     SPARSE_DENSITY_CUTOFF,
     SPARSE_DTYPES,
@@ -105,8 +106,8 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             θ = 0.001 makes about half the latents fire. The sparse path needs float32/float64
             parameters (bf16 through autocast is fine), no hooks on the SAE's hook points and an
             input without gradient; ``"auto"`` falls back to dense otherwise, ``"sparse"`` raises.
-            It covers both ``l0_penalty`` forms; a step with ``frequency_penalty`` on is dense
-            (``"auto"`` falls back, ``"sparse"`` raises).
+            It covers both ``l0_penalty`` forms; a step with ``frequency_penalty`` or
+            ``matryoshka_widths`` on is dense (``"auto"`` falls back, ``"sparse"`` raises).
 
     Gemma Scope 2 knobs (off by default, so a Gemma Scope config trains exactly as before; the
     helper ``recipe.config.gemmascope2_sae_config`` turns them on):
@@ -121,14 +122,41 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
         target_l0: L0*, required by (and only read by) the quadratic penalty; in (0, d_sae].
         frequency_penalty: strength μ of the penalty on high-frequency latents (0 = off). Gemma
             Scope 2 does not publish its form; ours: with ``p_i`` latent i's firing frequency over
-            the batch, the mean over rows of the same straight-through step as ‖f‖₀ (so it trains
-            θ only), the loss adds λ·μ·Σ_i relu(p_i - c)² with c = ``frequency_cap`` and λ the
-            current (warmed-up) L0 coefficient. Latents at or below the cap are untouched; one
-            above it gets a θ-gradient of -2λμ·(p_i - c)·(1/ε)·mean_rows K((pre - θ_i)/ε), against
-            the linear L0 penalty's -λ·(1/ε)·mean_rows K(...): μ is the penalty's strength
-            *relative to λ*, so it ramps up with λ's warm-up and keeps its meaning along a λ
-            ladder. A latent 0.1 above the cap gets 0.2·μ times the linear penalty's push.
+            the batch (the mean over rows of ``H(pre - θ_i)``), the loss adds λ·μ·Σ_i relu(p_i - c)²
+            with c = ``frequency_cap`` and λ the current (warmed-up) L0 coefficient, so μ is the
+            penalty's strength *relative to λ*: it ramps up with λ's warm-up and keeps its meaning
+            along a λ ladder. Latents at or below the cap are untouched. For one above it,
+            ∂loss/∂p_i = 2λμ·(p_i - c), and p_i's straight-through estimator sends it two ways:
+            to θ_i as the L0 penalty's step does, ∂p_i/∂θ_i = -(1/ε)·mean_rows K((pre - θ_i)/ε)
+            (a latent 0.1 above the cap gets 0.2·μ times the linear penalty's push on θ), and to
+            the pre-activation of each entry where the latent fires,
+            ∂p_i/∂pre_ri = κ·H(pre_ri - θ_i)/n (κ = ``frequency_input_gradient``, n rows): an L1
+            push of strength 2λμκ·(p_i - c) on the latent's active entries. The second is what
+            lowers a latent whose pre-activations are bimodal with θ in the gap between the modes
+            (a latent that fires on a whole class of tokens): no entry is within ε/2 of θ, so θ
+            gets no gradient from any penalty and only moving the encoder lowers its frequency.
         frequency_cap: c above, the firing frequency a latent may reach unpenalised (in [0, 1)).
+        frequency_input_gradient: κ above, in units of 1/pre-activation (inputs scaled to
+            E‖x‖² = 1); 0 keeps the frequency penalty on θ only. Measured on the tiny model:
+            ``benchmarks/bench_frequency_penalty.py``, ``recipe.config.GEMMASCOPE2_FREQUENCY_PENALTY``.
+
+    Matryoshka prefixes (Gemma Scope 2 mentions Matryoshka training for its SAEs; it publishes no
+    prefix sizes, so it is off by default):
+
+    Args:
+        matryoshka_widths: prefix widths m_1 < … < m_K, each in (0, d_sae]; ``None`` (default) is
+            off. The full width d_sae is always the last prefix (added when missing; the field
+            holds it afterwards, as a tuple: a list, from a JSON round trip, is accepted). Prefix k
+            reconstructs the target from the first m_k latents alone:
+            x̂_k = f[:, :m_k] @ W_dec[:m_k] + b_dec (plus a transcoder's skip term), and the loss's
+            reconstruction term ``mse_loss`` is (1/K)·Σ_k mean_rows ‖x̂_k - x‖² (each prefix's MSE
+            as the plain ``mse_loss``, averaged with equal weights). A latent in the first prefix
+            gets gradient from all K terms, one beyond m_k from none of the first k. ``sae_out``
+            (and so SAELens's explained-variance metrics) stays the full-width reconstruction;
+            the L0 and frequency penalties are unchanged. Training only: the saved SAE is the
+            plain full-width ``jumprelu`` SAE (the widths are kept in the metadata's
+            ``training_architecture_details``). The sparse fast path decodes the full width only,
+            so a Matryoshka step is dense (``"auto"`` falls back, ``"sparse"`` raises).
     """
 
     decoder_init_norm: float | None = 1.0
@@ -148,6 +176,8 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
     target_l0: float | None = None
     frequency_penalty: float = 0.0
     frequency_cap: float = 0.1
+    frequency_input_gradient: float = 1.0
+    matryoshka_widths: tuple[int, ...] | list[int] | None = None
 
     @classmethod
     def architecture(cls) -> str:
@@ -184,6 +214,10 @@ class GemmaScopeTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(f"frequency_penalty must be >= 0, got {self.frequency_penalty}")
         if not 0.0 <= self.frequency_cap < 1.0:
             raise ValueError(f"frequency_cap must be in [0, 1), got {self.frequency_cap}")
+        if self.frequency_input_gradient < 0:
+            raise ValueError(f"frequency_input_gradient must be >= 0, got {self.frequency_input_gradient}")
+        # A JSON round trip turns the tuple into a list: both are accepted, stored as a tuple.
+        self.matryoshka_widths = normalised_widths(self.matryoshka_widths, self.d_sae)
 
 
 class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
@@ -269,17 +303,17 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
     ) -> dict[str, torch.Tensor]:
         threshold = self.threshold_values
         fires = step(hidden_pre, threshold, self.cfg.jumprelu_bandwidth)
-        return self._sparsity_losses(step_input, fires.sum(dim=-1), fires)
+        return self._sparsity_losses(step_input, fires.sum(dim=-1), hidden_pre)
 
     def _sparsity_losses(
-        self, step_input: TrainStepInput, l0_per_row: torch.Tensor, fires: torch.Tensor | None
+        self, step_input: TrainStepInput, l0_per_row: torch.Tensor, hidden_pre: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """``l0_loss``, plus ``frequency_loss`` when ``frequency_penalty`` is on (then ``fires``, the
-        straight-through step ``H(pre - θ)`` of every entry, is needed)."""
+        """``l0_loss``, plus ``frequency_loss`` when ``frequency_penalty`` is on (then every entry's
+        pre-activation ``hidden_pre`` is needed: a dense step)."""
         losses = {"l0_loss": self._l0_loss(step_input, l0_per_row)}
         if self.cfg.frequency_penalty > 0:
-            assert fires is not None, "the frequency penalty needs every entry's step (a dense step)"
-            losses["frequency_loss"] = self._frequency_loss(step_input, fires)
+            assert hidden_pre is not None, "the frequency penalty needs every entry (a dense step)"
+            losses["frequency_loss"] = self._frequency_loss(step_input, hidden_pre)
         return losses
 
     def _l0_loss(self, step_input: TrainStepInput, l0_per_row: torch.Tensor) -> torch.Tensor:
@@ -290,8 +324,11 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             return (step_input.coefficients["l0"] * (2.0 / target) * (l0_per_row - target).square()).mean()
         return (step_input.coefficients["l0"] * l0_per_row).mean()
 
-    def _frequency_loss(self, step_input: TrainStepInput, fires: torch.Tensor) -> torch.Tensor:
-        # p_i over every row of the batch (any leading shape); the step's estimator makes it train θ.
+    def _frequency_loss(self, step_input: TrainStepInput, hidden_pre: torch.Tensor) -> torch.Tensor:
+        # p_i over every row of the batch (any leading shape), with the estimator in frequency_fires.
+        fires = frequency_fires(
+            hidden_pre, self.threshold_values, self.cfg.jumprelu_bandwidth, self.cfg.frequency_input_gradient
+        )
         frequency = fires.reshape(-1, self.cfg.d_sae).mean(dim=0)
         excess = torch.relu(frequency - self.cfg.frequency_cap)
         # Relative to λ (warm-up included): see frequency_penalty in the config's docstring.
@@ -314,7 +351,8 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
                 "saelens_gemmascope.runners.GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner.",
                 stacklevel=2,
             )
-        if self.cfg.fast_path == "dense":
+        if self.cfg.fast_path == "dense" and self.cfg.matryoshka_widths is None:
+            # SAELens's own step: the reference the differential tests hold the other paths to.
             self.last_step_path = "dense"
             return super().training_forward_pass(step_input)
         return self._training_forward_pass_choosing_path(step_input)
@@ -330,6 +368,9 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         if self.cfg.frequency_penalty > 0:
             # Each latent's batch frequency needs every entry's step; the sparse kernel yields rows' L0s.
             return "frequency_penalty is on; the sparse path computes no per-latent frequencies"
+        if self.cfg.matryoshka_widths is not None:
+            # The sparse kernel decodes the full width only.
+            return "matryoshka_widths is set; the sparse path computes no prefix reconstructions"
         return None
 
     # -- what a transcoder changes (recipe.transcoder overrides these four) ----------------------
@@ -386,7 +427,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             sae_out = self.add_skip(self.decode(feature_acts), x)
             fires = step(hidden_pre, threshold, eps)
             return self._step_output(
-                step_input, target, sae_out, feature_acts, hidden_pre, fires.sum(dim=-1), fires
+                step_input, target, sae_out, feature_acts, hidden_pre, fires.sum(dim=-1), hidden_pre, x
             )
         self.last_step_path = "sparse"
         # sae_in carries no gradient (checked above); the Function computes only the parameters'.
@@ -400,7 +441,7 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         with torch.no_grad():
             feature_acts = entries.feature_acts().reshape(hidden_pre.shape)
         return self._step_output(
-            step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading), None
+            step_input, target, sae_out, feature_acts, hidden_pre, l0_per_row.reshape(leading), None, x
         )
 
     def _step_output(
@@ -411,13 +452,14 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         feature_acts: torch.Tensor,
         hidden_pre: torch.Tensor,
         l0_per_row: torch.Tensor,
-        fires: torch.Tensor | None,
+        dense_pre: torch.Tensor | None,
+        x: torch.Tensor,
     ) -> TrainStepOutput:
         # The losses as SAELens's TrainingSAE.training_forward_pass forms them (it has no seam
         # for a forward pass that yields the L0 itself): MSE summed over the output, mean over rows.
         # ``sae_in`` is the target, so that SAELens's logged metrics compare like with like.
-        mse_loss = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()
-        losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, l0_per_row, fires)}
+        mse_loss = self._reconstruction_loss(target, sae_out, feature_acts, x)
+        losses = {"mse_loss": mse_loss, **self._sparsity_losses(step_input, l0_per_row, dense_pre)}
         # Summed in insertion order, as SAELens sums its losses: mse + l0 (+ frequency).
         loss = mse_loss
         for name, value in losses.items():
@@ -427,6 +469,23 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             sae_in=target, sae_out=sae_out, feature_acts=feature_acts, hidden_pre=hidden_pre,
             loss=loss, losses=losses,
         )  # fmt: skip
+
+    def _reconstruction_loss(
+        self, target: torch.Tensor, sae_out: torch.Tensor, feature_acts: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """``mse_loss``: the full reconstruction's MSE, or with ``matryoshka_widths`` the mean over the
+        prefixes (the full width included) of each prefix's MSE."""
+        full = self.mse_loss_fn(sae_out, target).sum(dim=-1).mean()
+        widths = self.cfg.matryoshka_widths
+        if widths is None:
+            return full
+        # The full width is sae_out itself (decode()'s hooks included); the prefixes below it, here.
+        prefixes = [
+            self.add_skip(decoded + self.b_dec, x)
+            for decoded in partial_decodes(feature_acts, self.W_dec, widths[:-1])
+        ]
+        mses = [self.mse_loss_fn(prefix, target).sum(dim=-1).mean() for prefix in prefixes]
+        return torch.stack([*mses, full]).mean()
 
     # -- the step hooks the recipe's trainer calls -----------------------------------------------
 
@@ -502,6 +561,20 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         state_dict = {k: v.detach().clone() for k, v in self.state_dict().items()}
         self.process_state_dict_for_saving_inference(state_dict)
         return state_dict
+
+
+def frequency_fires(
+    pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float, input_gradient: float
+) -> torch.Tensor:
+    """``H(pre - θ)`` for the frequency penalty: θ gets the step's estimator ``-(1/ε)·K((pre - θ)/ε)``
+    and every *active* entry's pre-activation gets ``input_gradient·H(pre - θ)`` (see
+    ``frequency_input_gradient`` in :class:`GemmaScopeTrainingSAEConfig`)."""
+    fires = step(pre, threshold, bandwidth)
+    if input_gradient == 0 or not pre.requires_grad:
+        return fires
+    # Zero in value, input_gradient·H(pre - θ) in gradient: a straight-through term on the input.
+    active = (pre.detach() > threshold.detach()).to(pre.dtype)
+    return fires + input_gradient * active * (pre - pre.detach())
 
 
 def threshold_storage_dtype(parameter_dtype: torch.dtype) -> torch.dtype:

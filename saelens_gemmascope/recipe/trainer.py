@@ -65,6 +65,7 @@ from saelens_gemmascope.recipe.input_scale import (
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.recipe.schedules import cosine_warm_up_scheduler
 from saelens_gemmascope.recipe.transcoder import GemmaScopeTrainingTranscoder
+from saelens_gemmascope.recipe.warm_start import WarmStart
 
 
 class Collectives(Protocol):
@@ -183,6 +184,8 @@ class GemmaScopeSAETrainer(SAETrainerSeams):
     _audited: bool = False
     #: The checkpoint this trainer resumed from or last wrote (named when a run stops).
     last_checkpoint: str | None = None
+    #: Where the SAE starts from (set by the runner; :mod:`~saelens_gemmascope.recipe.warm_start`).
+    warm_start: WarmStart | None = None
 
     def __init__(
         self,
@@ -254,7 +257,9 @@ class GemmaScopeSAETrainer(SAETrainerSeams):
             fault = loaded_state_faults(self.sae, self.optimizer, self.sae_label, self.hook_name)
             if fault is not None:
                 raise NonFiniteTrainingError(corrupt_checkpoint_message(self.last_checkpoint, [fault]))
+        resumed = self.last_checkpoint is not None
         self.ensure_input_scale()
+        self.apply_warm_start(resumed=resumed)
         # Our progress display instead of SAELens's bar, for this fit only (see training.progress).
         with training_progress(
             f"training SAE {self.sae_label}", self.cfg.total_training_samples, self.n_training_samples,
@@ -264,6 +269,16 @@ class GemmaScopeSAETrainer(SAETrainerSeams):
         # Before the runner saves the SAE (SAELens's fit has folded the input scale into it).
         self.raise_if_nonfinite(weights=True)
         return sae
+
+    def apply_warm_start(self, *, resumed: bool) -> None:
+        """Start the SAE from its warm-start source, once C is known and before step 0; a resumed run
+        continues from its checkpoint's weights and only records the source."""
+        if self.warm_start is None:
+            return
+        factor = self.activation_scaler.scaling_factor
+        scale = 1.0 / factor if factor is not None else None
+        self.warm_start.apply(self.sae, scale, resumed=resumed or self.n_training_steps > 0)
+        self.warm_start = None  # the source's weights are in the SAE now: let them go
 
     def checkpoint_if_needed(self) -> None:
         if self.n_training_steps % CHECK_EVERY == 0:
@@ -427,7 +442,11 @@ class GemmaScopeMultiSAETrainer(MultiSAETrainerSeams):
         self.last_checkpoint = str(path)
 
     def fit(self) -> dict[str, TrainingSAE[Any]]:
+        resumed = self.last_checkpoint is not None
         self.ensure_input_scales()
+        for trainer in self.trainers.values():  # each SAE's warm start, if the runner set one
+            if isinstance(trainer, GemmaScopeSAETrainer):
+                trainer.apply_warm_start(resumed=resumed or self.n_training_steps > 0)
         # Our progress display instead of SAELens's bar, for this fit only (see training.progress);
         # one per job under torchrun (the main rank's).
         label = f"training {len(self.trainers)} SAEs"

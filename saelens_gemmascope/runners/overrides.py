@@ -87,6 +87,11 @@ _STRUCTURAL_SOURCES: Mapping[str, str] = types.MappingProxyType(
 _SAE_REFUSED: Mapping[str, str] = types.MappingProxyType({"metadata": "the run (SAELens writes it)"})
 """SAE-config fields that are not settings."""
 
+_RUN_OPTIONS: Mapping[str, str] = types.MappingProxyType(
+    {"init_from": "--init-from SOURCE (Python: RunSpec(init_from=...) or the runners' init_from=...)"}
+)
+"""Run options that are no config field, which a user may still try to ``--set``: where they go."""
+
 DTYPES: tuple[str, ...] = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -136,6 +141,7 @@ NUMERIC_CONSTRAINTS: Mapping[str, Bound] = types.MappingProxyType(
         "target_l0": POSITIVE,
         # non-negative
         "frequency_penalty": NON_NEGATIVE,
+        "frequency_input_gradient": NON_NEGATIVE,
         "lr_warm_up_steps": NON_NEGATIVE,
         "l0_warm_up_steps": NON_NEGATIVE,
         "lr_decay_steps": NON_NEGATIVE,
@@ -340,6 +346,8 @@ def _refuse_set_by_run(key: str, name: str) -> None:
         raise OverrideError(f"{key}: not an override; it is set by {source}")
     if name in _SAE_REFUSED:
         raise OverrideError(f"{key}: not an override; it is set by {_SAE_REFUSED[name]}")
+    if name in _RUN_OPTIONS:
+        raise OverrideError(f"{key}: not a config setting; give it as {_RUN_OPTIONS[name]}")
 
 
 def _run_level_message(key: str, name: str) -> str:

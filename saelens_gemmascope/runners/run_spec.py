@@ -61,6 +61,10 @@ class RunSpec:
         wandb_project: log training passes to wandb (``None``: no wandb, nothing written for it).
         runner / sae: field overrides of the SAELens runner config and of every SAE config.
         distributed: set under torchrun.
+        init_from: start every SAE from a saved SAE of the same site (Gemma Scope 2's PT -> IT
+            finetuning; :mod:`~saelens_gemmascope.recipe.warm_start`): an SAE folder or
+            ``release/sae_id`` for every SAE, or a folder holding one SAE folder per rung, named as
+            the rung (``target_l0_20``) or the SAE's full name. ``None``: the recipe's own init.
     """
 
     device: str = "cpu"
@@ -73,10 +77,13 @@ class RunSpec:
     runner: Mapping[str, Any] = field(default_factory=dict)
     sae: Mapping[str, Any] = field(default_factory=dict)
     distributed: DistributedSpec | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.output is not None and not isinstance(self.output, Path):
             object.__setattr__(self, "output", Path(self.output))  # a str given for a folder
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", str(self.init_from))  # a Path given for a folder
 
     @classmethod
     def from_overrides(cls, overrides: Mapping[str, Any], **run_settings: Any) -> RunSpec:

@@ -55,6 +55,7 @@ from saelens_gemmascope.distributed.collectives import Collectives, GatheredBatc
 from saelens_gemmascope.distributed.spec import DistributedSpec
 from saelens_gemmascope.recipe.trainer import GemmaScopeMultiSAETrainer, GemmaScopeSAETrainer
 from saelens_gemmascope.recipe.transcoder import split_paired_hook
+from saelens_gemmascope.recipe.warm_start import WarmStart, WarmStartError, init_source_for, plan_warm_start
 from saelens_gemmascope.runners.activation_stream import (
     STREAM_STATE_FILENAME,
     PositionTracker,
@@ -256,6 +257,27 @@ def seeded_sae_creation(seed: int) -> Iterator[None]:
         yield
 
 
+def init_sources(init_from: str | Mapping[str, str] | None, names: list[str]) -> dict[str, str]:
+    """The warm-start source of each SAE (by name) that has one: a string is the run's one source
+    (see :func:`~saelens_gemmascope.recipe.warm_start.init_source_for`), a mapping names them per SAE
+    (SAEs it leaves out start cold)."""
+    if init_from is None:
+        return {}
+    if isinstance(init_from, str):
+        return {name: init_source_for(init_from, name) for name in names}
+    unknown = sorted(set(init_from) - set(names))
+    if unknown:
+        raise WarmStartError(
+            f"init_from names SAE(s) {', '.join(map(repr, unknown))} that this run does not train "
+            f"(its SAEs: {', '.join(map(repr, names))})"
+        )
+    return {name: str(init_from[name]) for name in names if name in init_from}
+
+
+def _resuming(cfg: Any) -> bool:
+    return cfg.resume_from_checkpoint is not None
+
+
 def _close(batches: Batches | None) -> None:
     if isinstance(batches, PrefetchingPositionTracker):
         batches.close()
@@ -265,7 +287,10 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
     """``LanguageModelSAETrainingRunner`` that trains with :class:`GemmaScopeSAETrainer`.
 
     Takes the same arguments (``cfg``, ``override_dataset``, ``override_model``, ``override_sae``);
-    build ``cfg`` with :func:`saelens_gemmascope.recipe.gemmascope_runner_config`.
+    build ``cfg`` with :func:`saelens_gemmascope.recipe.gemmascope_runner_config`. ``init_from``
+    (an SAE folder or ``release/sae_id``) starts the SAE from a saved SAE of the same site, as
+    Gemma Scope 2 started its IT SAEs from the PT ones (:mod:`~saelens_gemmascope.recipe.warm_start`);
+    it is checked here, applied once C is known, and only recorded when resuming.
     """
 
     trainer: GemmaScopeSAETrainer | None = None
@@ -278,8 +303,17 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
         override_dataset: Any = None,
         override_model: Any = None,
         override_sae: TrainingSAE[Any] | None = None,
+        *,
+        init_from: str | None = None,
     ) -> None:
         _check_resume(cfg)
+        # Before the model loads: a bad source fails fast.
+        sae_cfg = override_sae.cfg if override_sae is not None else cfg.sae
+        self._warm_start: WarmStart | None = (
+            plan_warm_start(init_from, sae_cfg, cfg.hook_name, resuming=_resuming(cfg))
+            if init_from is not None
+            else None
+        )
         model = default_model(cfg, override_model)
         dataset = default_dataset(cfg, override_dataset, model, None)
         with seeded_sae_creation(cfg.seed):
@@ -303,6 +337,7 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 
         def fit(trainer: InterruptibleSAETrainer) -> TrainingSAE[Any]:
             trainer.watch = watch
+            trainer.warm_start = self._warm_start
             self.trainer = trainer
             return _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
 
@@ -322,7 +357,11 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
 class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
     """``MultiSAETrainingRunner`` that trains with :class:`GemmaScopeMultiSAETrainer`: one model
     forward pass feeds every SAE (several hooks, several λ). Build ``cfg`` with
-    :func:`saelens_gemmascope.recipe.gemmascope_multi_runner_config`."""
+    :func:`saelens_gemmascope.recipe.gemmascope_multi_runner_config`.
+
+    ``init_from`` warm-starts SAEs from saved ones (see :class:`GemmaScopeTrainingRunner`): one
+    source for every SAE, a folder of one SAE folder per rung (named as the SAE, or as its last part,
+    e.g. ``target_l0_20``), or ``{sae_name: source}`` (the SAEs it leaves out start cold)."""
 
     trainer: GemmaScopeMultiSAETrainer | None = None
     _batches: Batches | None = None
@@ -336,8 +375,10 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
         override_saes: dict[str, TrainingSAE[Any]] | None = None,
         *,
         distributed: DistributedSpec | None = None,
+        init_from: str | Mapping[str, str] | None = None,
     ) -> None:
         _check_resume(cfg)
+        sources = init_sources(init_from, list(cfg.saes))  # paths only: cheap, before the model loads
         self.distributed = distributed
         self.collectives = Collectives(distributed)
         model = default_model(cfg, override_model)
@@ -347,6 +388,18 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
             super().__init__(cfg, dataset, model, override_saes)
         if distributed is not None and distributed.mode == "sae":
             self._keep_owned_saes(distributed)
+        # This rank's SAEs only (SAE sharding), loaded and checked before any training.
+        self._warm_starts = {
+            name: plan_warm_start(
+                source,
+                self.saes[name].cfg,
+                cfg.hook_names_per_sae[name],
+                resuming=_resuming(cfg),
+                label=f"SAE {name!r}",
+            )
+            for name, source in sources.items()
+            if name in self.saes
+        }
 
     def _keep_owned_saes(self, distributed: DistributedSpec) -> None:
         # SAELens creates every SAE of the config (the store needs every hook of the pass); this
@@ -384,6 +437,8 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
 
         def fit(trainer: InterruptibleMultiSAETrainer) -> dict[str, TrainingSAE[Any]]:
             trainer.watch = watch
+            for name, start in self._warm_starts.items():
+                trainer.trainers[name].warm_start = start
             self.trainer = trainer
             return _fit_or_stop(trainer, trainer.fit, self.cfg.checkpoint_path)
 

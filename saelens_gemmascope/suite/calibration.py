@@ -237,6 +237,12 @@ def calibrate(
     the same records without writing them.
     """
     grid = check_grid(grid)
+    fixed = [p.name for p in presets if p.fixed_lambda]
+    if fixed:
+        raise CalibrationError(
+            f"{', '.join(fixed[:3])}{', ...' if len(fixed) > 3 else ''}: Gemma Scope 2 presets are not "
+            "calibrated (their quadratic L0 penalty aims at each target with one fixed λ)"
+        )
     if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
         raise CalibrationError(f"refine_rounds must be an integer >= 0, got {refine_rounds!r}")
     records = {p.name: r for p in presets if (r := read_record(output_root, p)) is not None}

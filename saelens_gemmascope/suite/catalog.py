@@ -13,10 +13,17 @@ from typing import Any
 
 from saelens_gemmascope.directory.manifest import EMBEDDING, SuiteManifest, load_manifest
 from saelens_gemmascope.models.spec import ModelSpec
-from saelens_gemmascope.recipe.transcoder import TRANSCODER_ARCHITECTURE, paired_hook
+from saelens_gemmascope.recipe.transcoder import (
+    SKIP_TRANSCODER_ARCHITECTURE,
+    TRANSCODER_ARCHITECTURE,
+    paired_hook,
+)
 from saelens_gemmascope.suite.preset import TrainingPreset
 
 TRANSCODER = "transcoder"
+#: The preset-name segment of skip transcoders (site ``transcoder``, affine skip connection): Gemma
+#: Scope 2 releases both kinds at every transcoder's layer and width.
+SKIP_TRANSCODER = "skip_transcoder"
 
 #: Per-width share of the training budget spent on each calibration probe run (real presets).
 CALIBRATION_FRACTION = 20
@@ -43,12 +50,18 @@ def build_preset(
     d_sae: int,
     training_tokens: int,
     l0_targets: Iterable[float],
+    *,
+    name_site: str | None = None,
     **fields: Any,
 ) -> TrainingPreset:
-    """One preset; ``site`` is a manifest site (``res``, ``mlp``, ``att``, ``transcoder``, ``embedding``)."""
+    """One preset; ``site`` is a manifest site (``res``, ``mlp``, ``att``, ``transcoder``, ``embedding``).
+    ``name_site`` replaces the site in the name (``skip_transcoder``); ``fields`` may set the
+    architecture (default: a transcoder's for site ``transcoder``, else the SAE's)."""
     hook_name, d_in, output_hook = _hooks(spec, site, layer)
+    if site == TRANSCODER:
+        fields.setdefault("architecture", TRANSCODER_ARCHITECTURE)
     return TrainingPreset(
-        name=preset_name(spec.name, site, layer, width),
+        name=preset_name(spec.name, name_site or site, layer, width),
         model_name=spec.name,
         site=site,
         layer=layer,
@@ -59,7 +72,6 @@ def build_preset(
         l0_targets=tuple(sorted(float(t) for t in l0_targets)),
         width=width,
         output_hook_name=output_hook,
-        **({"architecture": TRANSCODER_ARCHITECTURE} if site == TRANSCODER else {}),
         **fields,
     )
 
@@ -127,4 +139,6 @@ _SITE_ORDER = {site: i for i, site in enumerate(("res", "mlp", "att", TRANSCODER
 
 def sort_key(preset: TrainingPreset) -> tuple[Any, ...]:
     layer = -1 if preset.layer is None else preset.layer
-    return (preset.model_name, _SITE_ORDER.get(preset.site, 99), layer, preset.d_sae)
+    # A skip transcoder after the plain one of its layer and width.
+    skip = preset.architecture == SKIP_TRANSCODER_ARCHITECTURE
+    return (preset.model_name, _SITE_ORDER.get(preset.site, 99), layer, preset.d_sae, skip)

@@ -25,6 +25,8 @@ from sae_lens.config import LanguageModelSAERunnerConfig
 from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 
 from saelens_gemmascope.recipe.config import (
+    GEMMASCOPE2_FREQUENCY_PENALTY,
+    GEMMASCOPE2_L0_WARM_UP_STEPS,
     gemmascope_multi_runner_config,
     gemmascope_runner_config,
     gemmascope_sae_config,
@@ -101,6 +103,9 @@ def sae_config_for(sae: PresetSAE, spec: RunSpec) -> GemmaScopeTrainingSAEConfig
     # The λ of a rung is the ladder's (explicit or calibrated); an l0_coefficient override is turned
     # into a one-rung ladder by the caller (see ladder_from_spec), never applied on top of it.
     settings.pop("l0_coefficient", None)
+    if sae.preset.fixed_lambda:
+        # Gemma Scope 2's knobs first, so that the preset's and the caller's overrides win.
+        settings = {**gemmascope2_recipe_fields(sae, settings.pop("target_l0", None)), **settings}
     if is_transcoder_preset(sae.preset):
         # The preset's architecture says plain or skip transcoder; it trains on the paired key.
         skip = sae.preset.architecture == SKIP_TRANSCODER_ARCHITECTURE
@@ -111,6 +116,32 @@ def sae_config_for(sae: PresetSAE, spec: RunSpec) -> GemmaScopeTrainingSAEConfig
             f"{', '.join(only_transcoders)}: transcoder setting(s), but {sae.preset.name!r} is an SAE preset"
         )
     return gemmascope_sae_config(sae.preset.d_in, d_sae, sae.l0_coefficient, **settings)
+
+
+def gemmascope2_recipe_fields(sae: PresetSAE, target_override: Any = None) -> dict[str, Any]:
+    """Gemma Scope 2's recipe for one rung (what ``recipe.config.gemmascope2_sae_config`` sets, for
+    SAEs and transcoders alike): the quadratic L0 penalty around the rung's target, λ warmed up over
+    50,000 steps, the frequency penalty on. ``target_override`` (a ``target_l0`` override) gives the
+    target of an SAE built outside a ladder (``training_config(preset, λ, target_l0=60)``)."""
+    target = sae.target_l0
+    if target is not None and target_override is not None and float(target_override) != target:
+        raise ValueError(
+            f"target_l0={target_override!r}: {sae.name} is the ladder's SAE of target L0 {target:g}; "
+            "a Gemma Scope 2 preset's targets are its ladder"
+        )
+    target = target if target is not None else target_override
+    if target is None:
+        targets = ", ".join(f"{t:g}" for t in sae.preset.l0_targets)
+        raise ValueError(
+            f"{sae.preset.name} trains with Gemma Scope 2's quadratic L0 penalty, which needs a target L0: "
+            f"give target_l0= (the preset's ladder: {targets})"
+        )
+    return {
+        "l0_penalty": "quadratic",
+        "target_l0": float(target),
+        "l0_warm_up_steps": GEMMASCOPE2_L0_WARM_UP_STEPS,
+        "frequency_penalty": GEMMASCOPE2_FREQUENCY_PENALTY,
+    }
 
 
 #: SAE-level settings only a transcoder config has.

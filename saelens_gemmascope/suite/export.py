@@ -1,4 +1,5 @@
-"""Export a finished pass to the Gemma Scope layout and register the exports as local releases.
+"""Export a finished pass to the Gemma Scope (or Gemma Scope 2) layout and register the exports as
+local releases.
 
 Each (model, site) gets its own release folder, ``<root>/release/<model>-<site>/``, as on the hub
 (one repository per site), so that ``layer_{L}/width_{W}/average_l0_{K}`` never collides between
@@ -15,6 +16,13 @@ to take a folder keeps it; a later one is not exported (it stays in SAELens form
 ``saes/``), a warning says so and the summary records why. Each ``release.json`` entry records
 the SAE it holds (``sae_name``), so a resumed run re-exports its own SAEs in place. (A suffixed
 folder, ``average_l0_12_b``, would keep both, but no longer be laid out as the release is.)
+
+Gemma Scope 2 presets export in Gemma Scope 2's layout instead, one release folder per model as on
+the hub (one repository per model): ``<root>/release/<model>/resid_post/layer_13_width_16k_l0_small/``
+(``params.safetensors`` + ``config.json``), the L0 label being the one the release gives the SAE's
+target (:attr:`TrainingPreset.scope2_labels`). A target released in both the 4-layer sweep and the
+every-layer release is exported to both folders (``resid_post/`` and ``resid_post_all/``), the same
+SAE twice, as the hub holds it; ``release.json`` records the measured L0. The same ledger rules hold.
 """
 
 from __future__ import annotations
@@ -34,17 +42,41 @@ from saelens_gemmascope.directory.layout import (
 )
 from saelens_gemmascope.directory.local import local_release_name, register_local_release
 from saelens_gemmascope.directory.manifest import EMBEDDING
+from saelens_gemmascope.directory.scope2_layout import (
+    ALL_LAYERS_SUFFIX,
+    SITE_FOLDERS,
+    export_gemmascope2_sae,
+    scope2_sae_name,
+)
 from saelens_gemmascope.recipe.finite_guard import NonFiniteTrainingError, nonfinite_tensors
+from saelens_gemmascope.recipe.transcoder import SKIP_TRANSCODER_ARCHITECTURE
 from saelens_gemmascope.suite.configs import PresetSAE
-from saelens_gemmascope.suite.preset import TrainingPreset
+from saelens_gemmascope.suite.preset import GEMMASCOPE2_RECIPE, Scope2Label, TrainingPreset
 from saelens_gemmascope.suite.results import TrainedSAE
 
 RELEASE_DIR = "release"
 
 
+def is_scope2_preset(preset: TrainingPreset) -> bool:
+    """A preset exported in Gemma Scope 2's layout (its recipe is Gemma Scope 2's)."""
+    return preset.recipe == GEMMASCOPE2_RECIPE
+
+
 def release_dir(root: Path, preset: TrainingPreset) -> Path:
+    if is_scope2_preset(preset):
+        return root / RELEASE_DIR / preset.model_name
     site = "res" if preset.site == EMBEDDING else preset.site
     return root / RELEASE_DIR / f"{preset.model_name}-{site}"
+
+
+def scope2_export_id(preset: TrainingPreset, label: Scope2Label) -> str:
+    """The folder (and local-release id) a Gemma Scope 2 preset's SAE of ``label`` goes to, e.g.
+    ``resid_post/layer_1_width_256_l0_small`` (what ``export_gemmascope2_sae`` will name it)."""
+    if preset.layer is None or preset.site not in SITE_FOLDERS:
+        raise ValueError(f"{preset.name}: Gemma Scope 2's layout has no folder for site {preset.site!r}")
+    folder = SITE_FOLDERS[preset.site] + (ALL_LAYERS_SUFFIX if label.all_layers else "")
+    affine = preset.architecture == SKIP_TRANSCODER_ARCHITECTURE
+    return f"{folder}/{scope2_sae_name(preset.layer, preset.width, label.l0_label, affine)}"
 
 
 @dataclass
@@ -73,10 +105,13 @@ class ExportLedger:
         return f"{earlier} (exported by an earlier run into this output folder)"
 
     def claim(self, release_folder: Path, sae_id: str, name: str) -> None:
-        """Record ``name``'s export at ``sae_id`` and drop its stale exports elsewhere."""
+        """Record ``name``'s export at ``sae_id`` and drop its stale exports elsewhere (an SAE may
+        hold several folders: a Gemma Scope 2 target released in two releases)."""
         self.claimed[release_folder, sae_id] = name
         stale = [
-            i for i, e in _entries_by_id(release_folder).items() if e.get("sae_name") == name and i != sae_id
+            i
+            for i, e in _entries_by_id(release_folder).items()
+            if e.get("sae_name") == name and self.claimed.get((release_folder, i)) != name
         ]
         if stale:
             remove_exports(release_folder, stale)
@@ -142,6 +177,9 @@ def export_pass(
         preset = sae.preset
         l0 = float(model.cfg.metadata.l0)
         target_root = release_dir(root, preset)
+        if is_scope2_preset(preset):
+            results.append(_export_scope2(root, pass_id, sae, model, l0, ledger, progress))
+            continue
         folder_l0 = export_folder_l0(sae, l0)
         folder = sae_folder(preset.layer, int(model.cfg.d_sae), folder_l0)
         export_id: str | None = None
@@ -172,6 +210,56 @@ def export_pass(
             )
         )
     return results
+
+
+def _export_scope2(
+    root: Path,
+    pass_id: str,
+    sae: PresetSAE,
+    model: Any,
+    l0: float,
+    ledger: ExportLedger,
+    progress: Callable[[str], None],
+) -> TrainedSAE:
+    """Export one Gemma Scope 2 preset's SAE to every folder its target was released in."""
+    preset = sae.preset
+    target_root = release_dir(root, preset)
+    labels = preset.labels_of(sae.target_l0) if sae.target_l0 is not None else ()
+    exported_ids: list[str] = []
+    notes: list[str] = []
+    if not labels:
+        notes.append(f"target L0 {sae.target_l0} has no Gemma Scope 2 label in {preset.name}")
+    for label in labels:
+        sae_id = scope2_export_id(preset, label)
+        holder = ledger.holder(target_root, sae_id, sae.name)
+        if holder is not None:
+            notes.append(f"{sae_id} holds {holder}")
+            continue
+        exported = export_gemmascope2_sae(
+            model, target_root, l0_label=label.l0_label, width_label=preset.width, site=preset.site,
+            layer=preset.layer, model_name=preset.model_name, average_l0=l0,
+            all_layers=label.all_layers, sae_name=sae.name,
+        )  # fmt: skip
+        ledger.claim(target_root, exported.sae_id, sae.name)
+        exported_ids.append(exported.sae_id)
+    note = None
+    if notes:
+        note = "; ".join(notes) + ("; kept in SAELens format only" if not exported_ids else "")
+        progress(f"warning: {sae.name} (L0 {l0:.1f}): {note}")
+    elif len(exported_ids) > 1:
+        note = f"also exported as {', '.join(exported_ids[1:])}"
+    first = exported_ids[0] if exported_ids else None
+    return TrainedSAE(
+        name=sae.name,
+        preset=preset.name,
+        target_l0=sae.target_l0,
+        l0_coefficient=sae.l0_coefficient,
+        l0=l0,
+        saelens_path=str(root / "saes" / pass_id / sae.name),
+        export_id=first,
+        release=first and local_release_name(target_root),
+        note=note,
+    )
 
 
 def register_releases(root: Path) -> list[str]:

@@ -19,6 +19,7 @@ from sae_lens import LoggingConfig
 from sae_lens.saes.sae import SAE
 
 from saelens_gemmascope.distributed.collectives import Collectives
+from saelens_gemmascope.recipe.warm_start import init_source_for, is_rung_folder
 from saelens_gemmascope.runners.checkpoints import InvalidCheckpointError, scan_checkpoints
 from saelens_gemmascope.runners.run_spec import RunSpec
 from saelens_gemmascope.runners.training_runners import (
@@ -178,8 +179,9 @@ def live_pass_training(group: SuiteGroup, ctx: TrainingContext) -> TrainPass:
             settings["resume_from_checkpoint"] = _resume_from(ctx, pass_id)
         cfg = multi_config_for(saes, ctx.spec, **settings)
         trained = GemmaScopeMultiSAETrainingRunner(
-            cfg, override_dataset=ctx.dataset, override_model=ctx.model, distributed=ctx.spec.distributed
-        ).run()
+            cfg, override_dataset=ctx.dataset, override_model=ctx.model,
+            distributed=ctx.spec.distributed, init_from=_init_from(ctx, pass_id),
+        ).run()  # fmt: skip
         if output is None:  # a probe: every rank returns what it trained (run_suite merges the L0s)
             return trained
         return _main_rank_results(ctx, output, trained, names)
@@ -213,11 +215,24 @@ def cached_pass_training(group: SuiteGroup, ctx: TrainingContext) -> TrainPass:
                 sae, ctx.spec, use_cached_activations=True,
                 cached_activations_path=str(paths[sae.preset.hook_name]), **run,
             )  # fmt: skip
-            runner = GemmaScopeTrainingRunner(cfg, override_dataset=ctx.dataset, override_model=ctx.model)
+            source = _init_from(ctx, pass_id)
+            runner = GemmaScopeTrainingRunner(
+                cfg, override_dataset=ctx.dataset, override_model=ctx.model,
+                init_from=init_source_for(source, sae.name) if source is not None else None,
+            )  # fmt: skip
             results[sae.name] = runner.run()
         return results
 
     return train
+
+
+def _init_from(ctx: TrainingContext, pass_id: str | None) -> str | None:
+    """The run's warm-start source for a pass; a calibration probe (no ``pass_id``, named by its λ)
+    has no rung in a folder of per-rung SAEs, so it starts from the recipe's own init there."""
+    source = ctx.spec.init_from
+    if source is not None and pass_id is None and is_rung_folder(source):
+        return None
+    return source
 
 
 def _with_recipe_defaults(settings: Mapping[str, Any]) -> dict[str, Any]:

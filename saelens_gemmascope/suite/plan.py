@@ -38,7 +38,8 @@ _SAELENS_BUFFER_BATCHES = 20
 @dataclass(frozen=True)
 class Rung:
     """One SAE to train: a preset and either the target L0 of one of its sparsity variants (λ
-    found by calibration) or an explicit λ (``--l0-coefficients``)."""
+    found by calibration) or an explicit λ (``--l0-coefficients``), or both: a Gemma Scope 2
+    preset's target with its fixed λ (the quadratic penalty aims at the target; no calibration)."""
 
     preset: TrainingPreset
     target_l0: float | None = None
@@ -55,11 +56,18 @@ class Rung:
 
     @property
     def label(self) -> str:
+        if self.target_l0 is not None and self.l0_coefficient is not None:
+            return f"target L0 {self.target_l0:g} (λ {self.l0_coefficient:g})"
         return (
             f"λ {self.l0_coefficient:g}"
             if self.l0_coefficient is not None
             else f"target L0 {self.target_l0:g}"
         )
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the rung's λ comes from calibration (a Gemma Scope target without a λ)."""
+        return self.l0_coefficient is None
 
 
 @dataclass(frozen=True)
@@ -209,8 +217,12 @@ def plan_suite(
             f"{len(blocked)} preset(s) cannot be trained ({', '.join(p.name for p in blocked[:3])}"
             f"{', ...' if len(blocked) > 3 else ''}): {'; '.join(reasons)}"
         )
+    if "target_l0" in spec.sae and any(p.fixed_lambda for p in presets):
+        raise ValueError(
+            "target_l0: a Gemma Scope 2 preset trains its ladder's targets, one SAE each; it cannot be set"
+        )
     empty = [p.name for p in presets if not p.l0_targets]
-    if empty and l0_coefficients is None:
+    if empty and (l0_coefficients is None or any(p.fixed_lambda for p in presets if p.name in empty)):
         raise ValueError(f"presets without L0 targets: {empty}; give a λ ladder (--l0-coefficients)")
     for preset in presets:
         check_input_width(preset, sae_settings_of(preset, spec).get("d_in"))
@@ -234,11 +246,7 @@ def plan_suite(
             spec.distributed.local_batch(int(_setting(settings, "train_batch_size_tokens")))
         # Ordered by hook so that SAEs of one hook share a pass (and its buffer) where they can.
         ordered = sorted(members, key=lambda p: p.hook_name)
-        rungs = (
-            [Rung(p, target_l0=t) for p in ordered for t in p.l0_targets]
-            if l0_coefficients is None
-            else [Rung(p, l0_coefficient=c) for p in ordered for c in l0_coefficients]
-        )
+        rungs = [rung for p in ordered for rung in preset_rungs(p, l0_coefficients)]
         # Every setting is checked now, in --dry-run too, by building the configs SAELens will get
         # (λ is a placeholder until calibration).
         multi_config_for([r.sae(1.0) for r in rungs], spec)
@@ -259,6 +267,23 @@ def plan_suite(
             )
         )
     return SuitePlan(tuple(groups), budget, source, spec)
+
+
+def preset_rungs(preset: TrainingPreset, l0_coefficients: Sequence[float] | None) -> list[Rung]:
+    """The SAEs a preset trains. Gemma Scope: one per target L0 (λ calibrated later), or one per λ
+    of an explicit ladder. Gemma Scope 2 (``preset.fixed_lambda``): one per target L0 with the
+    preset's fixed λ, never calibrated; an explicit ladder of one λ replaces that λ."""
+    if preset.fixed_lambda:
+        if l0_coefficients is not None and len(l0_coefficients) != 1:
+            raise ValueError(
+                f"{preset.name} trains one SAE per target L0 with Gemma Scope 2's quadratic penalty and one "
+                f"λ; give one λ (--set l0_coefficient=...), not a ladder of {len(l0_coefficients)}"
+            )
+        coefficient = l0_coefficients[0] if l0_coefficients is not None else preset.l0_coefficient
+        return [Rung(preset, target_l0=t, l0_coefficient=coefficient) for t in preset.l0_targets]
+    if l0_coefficients is None:
+        return [Rung(preset, target_l0=t) for t in preset.l0_targets]
+    return [Rung(preset, l0_coefficient=c) for c in l0_coefficients]
 
 
 def ladder_from_spec(spec: RunSpec, l0_coefficients: Sequence[float] | None) -> list[float] | None:

@@ -5,6 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The training recipes a preset can ask for. Gemma Scope: the linear L0 penalty, one λ per target
+#: L0 found by calibration. Gemma Scope 2: the quadratic L0 penalty around each target (so the
+#: target itself is the knob, no calibration), one fixed λ, a 50k-step λ warm-up and the frequency
+#: penalty (``recipe.config.gemmascope2_sae_config``).
+GEMMASCOPE_RECIPE = "gemmascope"
+GEMMASCOPE2_RECIPE = "gemmascope2"
+RECIPES = (GEMMASCOPE_RECIPE, GEMMASCOPE2_RECIPE)
+
+
+@dataclass(frozen=True)
+class Scope2Label:
+    """Where Gemma Scope 2 released an SAE of one target L0: its L0 label (``small``, ``medium``,
+    ``big``) in the 4-layer sweep folder (``resid_post``) or, ``all_layers``, the every-layer one
+    (``resid_post_all``)."""
+
+    target_l0: float
+    l0_label: str
+    all_layers: bool = False
+
 
 class PresetNotTrainableError(NotImplementedError):
     """The preset describes a released SAE that this package cannot train yet."""
@@ -26,6 +45,11 @@ class TrainingPreset:
         calibration_tokens: length of each calibration probe run (None: the suite's default).
         not_trainable_reason: set when training this preset is not built; training it raises
             :class:`PresetNotTrainableError` with this text.
+        recipe: ``gemmascope`` (λ per target by calibration) or ``gemmascope2`` (the quadratic
+            penalty around each target with the fixed λ ``l0_coefficient``, never calibrated).
+        l0_coefficient: a ``gemmascope2`` preset's λ, the same for every rung of its ladder.
+        scope2_labels: a ``gemmascope2`` preset's release folders per target L0 (what its export
+            names ``..._l0_small`` etc.); a target may be released in several (sweep and every-layer).
     """
 
     name: str
@@ -45,6 +69,28 @@ class TrainingPreset:
     output_hook_name: str | None = None
     calibration_tokens: int | None = None
     not_trainable_reason: str | None = None
+    recipe: str = GEMMASCOPE_RECIPE
+    l0_coefficient: float | None = None
+    scope2_labels: tuple[Scope2Label, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(
+                f"preset {self.name!r}: recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}"
+            )
+        if self.recipe == GEMMASCOPE2_RECIPE and self.l0_coefficient is None:
+            raise ValueError(
+                f"preset {self.name!r}: a {GEMMASCOPE2_RECIPE} preset needs its fixed l0_coefficient"
+            )
+
+    @property
+    def fixed_lambda(self) -> bool:
+        """Whether the preset trains its targets with one fixed λ (Gemma Scope 2), uncalibrated."""
+        return self.recipe == GEMMASCOPE2_RECIPE
+
+    def labels_of(self, target_l0: float) -> tuple[Scope2Label, ...]:
+        """The release folders of ``target_l0`` (empty when the preset names none)."""
+        return tuple(label for label in self.scope2_labels if label.target_l0 == target_l0)
 
     @property
     def trainable(self) -> bool:

@@ -7,7 +7,8 @@
 * **Passes**: when a group's SAEs do not fit the memory budget together, it is split into passes
   (:mod:`saelens_gemmascope.suite.memory`); each pass is one multi-SAE run.
 * **Calibration**: λ per target L0 (:mod:`saelens_gemmascope.suite.calibration`), recorded in
-  ``<output>/calibration/`` and reused.
+  ``<output>/calibration/`` and reused. Gemma Scope 2 presets are never calibrated: their quadratic
+  penalty aims at each target L0 itself, with the preset's fixed λ.
 * **Cached activations**: optionally, each hook's activations are first written with SAELens's
   ``CacheActivationsRunner`` and every SAE then trains from disk (``use_cached_activations``).
 
@@ -18,6 +19,7 @@ Output layout under one root::
     checkpoints/<pass>/<n_tokens>/...      SAELens checkpoints (``--resume`` continues the latest)
     saes/<pass>/<sae name>/                SAELens format (cfg.json, sae_weights.safetensors)
     release/<model>-<site>/                Gemma Scope layout + release.json, one local release each
+    release/<model>/                       Gemma Scope 2 presets: its layout (resid_post/..., one per model)
     activations/<hook>/                    cached activations (cached mode only)
 """
 
@@ -81,9 +83,7 @@ def run_suite(plan: SuitePlan, output_root: str | Path, training_for_group: Call
                     merged.setdefault(name, l0)
             return merged
 
-        to_calibrate = [
-            p for p in group.presets if any(r.l0_coefficient is None for r in _rungs_of(group, p))
-        ]
+        to_calibrate = [p for p in group.presets if any(r.calibrated for r in _rungs_of(group, p))]
         records = {}
         if to_calibrate:
             # A probe is never longer than the training it calibrates (a training_tokens override).
@@ -104,8 +104,8 @@ def run_suite(plan: SuitePlan, output_root: str | Path, training_for_group: Call
                 )
         for suite_pass in group.passes:
             saes = [
-                r.sae(math.nan)
-                if r.l0_coefficient is not None
+                r.sae(math.nan)  # its own λ: explicit, or a Gemma Scope 2 preset's fixed one
+                if not r.calibrated
                 else r.sae(records[r.preset.name].l0_coefficients[r.target_l0])
                 for r in suite_pass.rungs
             ]

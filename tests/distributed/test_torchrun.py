@@ -212,3 +212,20 @@ def test_a_transcoder_trains_under_torchrun(mode: str, tmp_path: Path) -> None:
         cfg = json.loads((folder / name / "cfg.json").read_text())
         assert cfg["architecture"] == "jumprelu_transcoder", cfg
         assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
+
+
+def test_a_gemma_scope_2_preset_trains_under_torchrun(tmp_path: Path) -> None:
+    """A Gemma Scope 2 preset (quadratic penalty, fixed λ, no calibration) under torchrun: no probe
+    pass runs, and rank 0 exports every rung in Gemma Scope 2's layout."""
+    preset = "tiny-gemma-3/res/layer_2/width_256"
+    output = tmp_path / "scope2"
+    args = ["train", preset, "--set", f"training_tokens={20 * 256}", "--distributed", "data",
+            "--output", str(output)]  # fmt: skip
+    code, out = _finish(_torchrun(args))
+    assert code == 0, out[-4000:]
+    assert not (output / "calibration").exists()
+    release = output / "release" / "tiny-gemma-3" / "resid_post"
+    for label in ("small", "medium", "big"):
+        assert (release / f"layer_2_width_256_l0_{label}" / "params.safetensors").is_file(), label
+    saved = output / "saes" / "group0_pass0" / preset
+    assert sorted(p.name for p in saved.iterdir()) == ["target_l0_12", "target_l0_24", "target_l0_48"]

@@ -11,7 +11,7 @@ from sae_lens import JumpReLUSAE
 from saelens_gemmascope.demo.tiny_model import TinyGemma2
 from saelens_gemmascope.demo.tokenizer import BOS_ID, EOS_ID, PAD_ID
 from saelens_gemmascope.evaluation import evaluate_saes
-from saelens_gemmascope.evaluation.masking import SpecialTokens, activation_mask, loss_mask
+from saelens_gemmascope.models.token_masks import SpecialTokens, activation_mask, loss_mask
 
 HOOK = "blocks.1.hook_resid_post"
 

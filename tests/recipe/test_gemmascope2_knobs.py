@@ -171,6 +171,55 @@ def test_frequency_penalty_by_hand() -> None:
     torch.testing.assert_close(grad, torch.tensor([-4.0, -2.0, -1.0], dtype=torch.float64))
 
 
+@pytest.mark.parametrize("input_gradient", [0.0, 1.0, 2.0])
+def test_frequency_penalty_pushes_the_active_entries_of_latents_above_the_cap(input_gradient: float) -> None:
+    sae = hand_sae(frequency_penalty=3.0, frequency_cap=0.5, frequency_input_gradient=input_gradient)
+    pre = hand_pre().requires_grad_()
+    losses, grad = sparsity_losses_and_theta_grad(sae, pre, l0=LAMBDA)
+    # Values and θ's gradient as without the input gradient.
+    torch.testing.assert_close(losses["frequency_loss"], torch.tensor(0.05, dtype=torch.float64))
+    torch.testing.assert_close(grad, torch.tensor([-4.0, -2.0, -1.0], dtype=torch.float64))
+    # ∂/∂p_j = [0.3, 0.3, 0]; ∂p_j/∂pre_rj = κ·H_rj/3: κ·0.1 where latents 0 and 1 fire (the L0
+    # penalty's step sends nothing to pre), nothing to latent 2 (at the cap) or to inactive entries.
+    fires = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    above_cap = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    expected = input_gradient * 0.1 * fires * above_cap
+    # κ = 0: the graph does not reach pre at all.
+    pre_grad = pre.grad if pre.grad is not None else torch.zeros_like(pre)
+    torch.testing.assert_close(pre_grad, expected)
+
+
+def bimodal_frequency(input_gradient: float, steps: int = 200) -> tuple[float, float]:
+    """A latent firing on half the rows with θ in the gap between its two modes (no entry within
+    ε/2 of θ), trained on the sparsity losses alone: its frequency before and after."""
+    torch.manual_seed(0)
+    sae = hand_sae(1, frequency_penalty=100.0, frequency_cap=0.1, frequency_input_gradient=input_gradient)
+    sae.cfg.apply_b_dec_to_input = False
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.tensor([[1.0], [0.0]], dtype=torch.float64))
+    rows = torch.linspace(0.0, 1.0, 64, dtype=torch.float64)
+    x = torch.stack([torch.where(rows < 0.5, -1.0, 0.6 + rows), torch.zeros_like(rows)], dim=-1)
+    optimiser = torch.optim.SGD(sae.parameters(), lr=0.05)
+
+    def frequency() -> float:
+        with torch.no_grad():
+            return float((sae.encode(x) > 0).double().mean())
+
+    before = frequency()
+    for _ in range(steps):
+        optimiser.zero_grad()
+        pre = sae.process_sae_in(x) @ sae.W_enc + sae.b_enc
+        sum(sae.calculate_aux_loss(step_input(x, l0=LAMBDA), pre, pre, x).values()).backward()  # type: ignore[union-attr]
+        optimiser.step()
+    return before, frequency()
+
+
+def test_only_the_input_gradient_lowers_a_latent_with_theta_between_its_modes() -> None:
+    assert bimodal_frequency(0.0) == (0.5, 0.5)  # θ gets no gradient: no entry in its window
+    before, after = bimodal_frequency(1.0)
+    assert before == 0.5 and after <= 0.1 + 1 / 64
+
+
 def test_frequency_penalty_follows_the_warmed_up_lambda() -> None:
     sae = hand_sae(frequency_penalty=3.0, frequency_cap=0.5)
     losses, _ = sparsity_losses_and_theta_grad(sae, hand_pre(), l0=LAMBDA / 10)
@@ -190,6 +239,8 @@ def test_frequency_knobs_are_checked() -> None:
         gemmascope_sae_config(4, 8, frequency_penalty=-1.0)
     with pytest.raises(ValueError, match="frequency_cap"):
         gemmascope_sae_config(4, 8, frequency_cap=1.0)
+    with pytest.raises(ValueError, match="frequency_input_gradient"):
+        gemmascope_sae_config(4, 8, frequency_input_gradient=-1.0)
 
 
 # -- the Gemma Scope 2 helper and overrides ------------------------------------------------------

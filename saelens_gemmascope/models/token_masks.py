@@ -34,6 +34,12 @@ class SpecialTokens:
     def of(cls, tokenizer: Any) -> SpecialTokens:
         return cls(bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
 
+    @classmethod
+    def of_model(cls, model: Any) -> SpecialTokens:
+        """The ids of a model's tokenizer; none without a tokenizer (then every position counts)."""
+        tokenizer = getattr(model, "tokenizer", None)
+        return cls(None, None, None) if tokenizer is None else cls.of(tokenizer)
+
 
 def _is_any(tokens: torch.Tensor, ids: tuple[int | None, ...]) -> torch.Tensor:
     hit = torch.zeros_like(tokens, dtype=torch.bool)
