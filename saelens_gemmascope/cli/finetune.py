@@ -10,7 +10,9 @@ loss saves the steps finished so far first.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,49 +116,68 @@ def load_sae_arg(source: str, sae_id: str | None, device: str) -> Any:
     from saelens_gemmascope.evaluation.sources import expand_source, resolve_spec
 
     if sae_id is None and not Path(source).exists() and "/" in source:
-        source, sae_id = source.split("/", 1)
+        source, sae_id = _release_and_id(source)
     specs = expand_source(source, [sae_id] if sae_id else None)
     if len(specs) != 1:
         raise ValueError(f"{source}: holds {len(specs)} SAEs; name one with an ID")
     return resolve_spec(specs[0], device).sae
 
 
-def _rows(source: str, tokenizer: Any, context_size: int, n_rows: int, skip: int = 0) -> Any:
-    """Up to ``n_rows`` token rows of ``context_size`` from ``source`` (after ``skip`` rows), as a tensor."""
-    import torch
+def _release_and_id(source: str) -> tuple[str, str]:
+    """``RELEASE/ID`` split where a known release ends (local releases' names hold slashes); a name
+    with no known release in front is taken for a mistyped folder."""
+    from saelens_gemmascope.compat import pretrained_directory
+    from saelens_gemmascope.recipe.warm_start import split_release_id
+    from saelens_gemmascope.registry import registrations
 
+    registrations()  # the plugins' and the recorded local releases
+    release, sae_id = split_release_id(source)
+    if release not in pretrained_directory():
+        raise ValueError(f"{source}: no such folder (nor RELEASE/ID of a known release)")
+    return release, sae_id
+
+
+def _qualifying_rows(source: str, tokenizer: Any, context_size: int) -> Iterator[list[int]]:
+    """The rows of ``source`` holding at least ``context_size`` tokens, cut to ``context_size``."""
     from saelens_gemmascope.runners.data_sources import load_training_data
 
-    rows: list[list[int]] = []
-    for i, row in enumerate(load_training_data(source, tokenizer, context_size)):
+    for row in load_training_data(source, tokenizer, context_size):
         ids = row.get("input_ids", row.get("tokens"))
         if ids is None:
             if "text" not in row:
                 raise ValueError(f"--data {source}: no input_ids, tokens or text column")
             ids = tokenizer(row["text"])["input_ids"]
-        if i >= skip and len(ids) >= context_size:
-            rows.append(list(ids[:context_size]))
-        if len(rows) == n_rows:
-            break
-    if not rows:
-        raise ValueError(f"--data {source}: no row of at least --context-size {context_size} tokens")
-    return torch.tensor(rows, dtype=torch.long)
+        if len(ids) >= context_size:
+            yield list(ids[:context_size])
+
+
+def _take(rows: Iterator[list[int]], n_rows: int, source: str, context_size: int, what: str) -> Any:
+    """The next up to ``n_rows`` of ``rows`` as a tensor (at least one)."""
+    import torch
+
+    taken = list(itertools.islice(rows, n_rows))
+    if not taken:
+        raise ValueError(f"--data {source}: no row of at least --context-size {context_size} tokens {what}")
+    return torch.tensor(taken, dtype=torch.long)
 
 
 def _data(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
-    """(training rows, held-out rows)."""
+    """(training rows, held-out rows): from one pass over the qualifying rows, so the held-out rows are
+    the ones after the training rows and never among them."""
     import torch
 
     from saelens_gemmascope.data import stdlib_token_dataset
     from saelens_gemmascope.runners.data_sources import STDLIB_SOURCE
 
     n_train = args.steps * args.batch_size
-    if args.data == STDLIB_SOURCE:
-        train = _rows(args.data, tokenizer, args.context_size, n_train)  # cycled if the text is shorter
+    rows = _qualifying_rows(args.data, tokenizer, args.context_size)
+    train = _take(rows, n_train, args.data, args.context_size, "to train on")
+    if args.data == STDLIB_SOURCE:  # the training rows cycle when the text is short; its tail is held out
         held = stdlib_token_dataset(tokenizer, args.context_size, holdout=True)["input_ids"]
         return train, torch.tensor(held[: args.eval_sequences], dtype=torch.long)
-    train = _rows(args.data, tokenizer, args.context_size, n_train)
-    held = _rows(args.data, tokenizer, args.context_size, args.eval_sequences, skip=n_train)
+    held = _take(
+        rows, args.eval_sequences, args.data, args.context_size, "left to hold out after the training rows"
+    )
     return train, held
 
 

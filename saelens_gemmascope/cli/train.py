@@ -11,6 +11,7 @@ from typing import Any
 #: training.calibration.DEFAULT_GRID as --calibration-grid takes it, spelled out: importing that module
 #: imports torch, and building the parser imports nothing heavy (the help test checks they agree).
 DEFAULT_GRID_TEXT = "3e-4,3e-3,3e-2,3e-1"
+_REFINE_ROUNDS_DEFAULT = 1
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -25,7 +26,9 @@ def _add_presets(subparsers: argparse._SubParsersAction[Any], examples: Callable
         "presets",
         help="list training presets (glob patterns)",
         description="Lists the training presets: one per (model, site, layer, width), with its hook, "
-        "d_sae, token budget and ladder of target L0s. Their names are what `gemmascope train` takes.",
+        "d_sae, token budget, ladder of target L0s and recipe: 'calibrated' (Gemma Scope: one λ per target "
+        "found by calibration) or 'λ X fixed' (Gemma Scope 2: the quadratic penalty around each target with "
+        "one fixed λ). Their names are what `gemmascope train` takes.",
         epilog=examples(
             "gemmascope presets", "gemmascope presets 'tiny-gemma-2/*' 'gemma-2-2b/res/layer_12/*'"
         ),
@@ -49,8 +52,10 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
         "calibrate λ per target L0 (or train an explicit λ ladder), feed every SAE of a group from one "
         "forward pass, save in SAELens format and export in the Gemma Scope layout (a local release that "
         "`SAE.from_pretrained`, `gemmascope ls` and `gemmascope eval` take). The same path runs in one "
-        "process and under torchrun (--distributed). --dry-run prints the plan (groups, memory, tokens) "
-        "without training.",
+        "process and under torchrun (--distributed). Gemma Scope 2 presets (`gemmascope presets` shows "
+        "'λ 0.03 fixed') are not calibrated: each target L0 trains with the quadratic penalty and the "
+        "preset's fixed λ, so --calibration-grid and --refine-rounds do not apply to them, and they export "
+        "in Gemma Scope 2's layout. --dry-run prints the plan (groups, memory, tokens) without training.",
         epilog=examples(
             "gemmascope presets 'tiny-gemma-2/*'                       # what can be trained",
             "gemmascope train 'tiny-gemma-2/res/layer_1/*' --dry-run   # the plan only",
@@ -113,7 +118,8 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
     ladder.add_argument(
         "--calibration-grid",
         metavar="λ,λ,...",
-        help=f"comma-separated λs for the first calibration round (default: {DEFAULT_GRID_TEXT})",
+        help=f"comma-separated λs for the first calibration round (default: {DEFAULT_GRID_TEXT}; "
+        "Gemma Scope 2 presets are not calibrated)",
     )
     ladder.add_argument("--l0-coefficients", metavar="λ,λ,...",
                         help="train this explicit λ ladder for every preset, no calibration "
@@ -122,8 +128,8 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
         "--refine-rounds",
         type=int,
         metavar="N",
-        default=1,
-        help="calibration refinement rounds (default: %(default)s)",
+        default=_REFINE_ROUNDS_DEFAULT,
+        help="calibration refinement rounds (default: %(default)s; Gemma Scope 2 presets are not calibrated)",
     )
     train.add_argument(
         "--distributed",
@@ -136,6 +142,9 @@ def _add_train(subparsers: argparse._SubParsersAction[Any], examples: Callable[.
 
 
 def preset_rows(patterns: list[str]) -> list[dict[str, Any]]:
+    """One row per matching preset; ``recipe`` says how its λs are found: ``gemmascope`` (calibrated
+    per target) or ``gemmascope2`` (``l0_coefficient``, one fixed λ; ``labels``: the release folders
+    each target is exported to)."""
     from saelens_gemmascope.suite.configs import match_presets
 
     return [
@@ -148,9 +157,21 @@ def preset_rows(patterns: list[str]) -> list[dict[str, Any]]:
             "training_tokens": p.training_tokens,
             "l0_targets": list(p.l0_targets),
             "trainable": p.trainable,
+            "recipe": p.recipe,
+            "l0_coefficient": p.l0_coefficient,
+            "labels": [
+                {"target_l0": x.target_l0, "l0_label": x.l0_label, "all_layers": x.all_layers}
+                for x in p.scope2_labels
+            ],
         }
         for p in match_presets(patterns)
     ]
+
+
+def recipe_cell(row: dict[str, Any]) -> str:
+    """How a preset's λs are found, in a few characters: ``λ 0.03 fixed`` or ``calibrated``."""
+    coefficient = row["l0_coefficient"]
+    return "calibrated" if coefficient is None else f"λ {coefficient:g} fixed"
 
 
 def _tokens(n: int) -> str:
@@ -165,15 +186,19 @@ def run_presets(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    table = [("preset", "hook", "d_sae", "tokens", "ladder (target L0)")]
+    table = [("preset", "hook", "d_sae", "tokens", "λ", "ladder (target L0)")]
     for row in rows:
         ladder = ", ".join(f"{t:g}" for t in row["l0_targets"]) + (
             "" if row["trainable"] else "  [not trainable]"
         )
-        table.append((row["name"], row["hook"], str(row["d_sae"]), _tokens(row["training_tokens"]), ladder))
-    widths = [max(len(line[i]) for line in table) for i in range(4)]
+        table.append(
+            (row["name"], row["hook"], str(row["d_sae"]), _tokens(row["training_tokens"]), recipe_cell(row), ladder)
+        )  # fmt: skip
+    n_padded = len(table[0]) - 1
+    widths = [max(len(line[i]) for line in table) for i in range(n_padded)]
     for line in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line[:4], widths, strict=True)) + "  " + line[4])
+        cells = zip(line[:n_padded], widths, strict=True)
+        print("  ".join(cell.ljust(w) for cell, w in cells) + "  " + line[n_padded])
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["release"] or row["name"].split("/")[0]] = (
@@ -287,11 +312,15 @@ def run_train(args: argparse.Namespace) -> int:
     check_output_folder(args.output)
     spec = run_spec_from_args(args)
     grid = _floats(args.calibration_grid, "--calibration-grid")
-    plan = _plan(args, match_presets(args.patterns), spec)
+    presets = match_presets(args.patterns)
+    plan = _plan(args, presets, spec)
     check_training_length(plan)
     main_rank = spec.distributed is None or spec.distributed.is_main
     if main_rank:
         print(plan.describe())
+        unused = unused_calibration_options(args, presets)
+        if unused:
+            print(unused)
     check_device_available(spec.device)
     check_training_data(spec.data)
     check_init_source(spec.init_from)
@@ -308,6 +337,25 @@ def run_train(args: argparse.Namespace) -> int:
         )
     print(result.summary())
     return 0
+
+
+def unused_calibration_options(args: argparse.Namespace, presets: Any) -> str | None:
+    """One line when calibration options are given but no preset of the run is calibrated (every
+    one is a Gemma Scope 2 preset); None otherwise."""
+    given = [
+        option
+        for option, value, default in (
+            ("--calibration-grid", args.calibration_grid, None),
+            ("--refine-rounds", args.refine_rounds, _REFINE_ROUNDS_DEFAULT),
+        )
+        if value != default
+    ]
+    if not given or not presets or not all(p.fixed_lambda for p in presets):
+        return None
+    return (
+        f"note: {' and '.join(given)} unused: every preset of this run is a Gemma Scope 2 preset "
+        "(one fixed λ, the quadratic penalty around each target, no calibration)"
+    )
 
 
 def _plan(args: argparse.Namespace, presets: Any, spec: Any) -> Any:
@@ -381,12 +429,34 @@ def check_init_source(source: str | None) -> None:
                 f"--init-from {source}: not a folder (expected an SAE folder or a folder of them)"
             )
         return
-    looks_like_path = source.startswith(("/", "./", "../", "~")) or path.is_absolute()
-    if looks_like_path or "/" not in source.strip("/"):
+    problem = _not_a_release_id(source, path)
+    if problem is not None:
         raise ValueError(
-            f"--init-from {source}: no such folder, and not RELEASE/SAE_ID; give a folder saved by SAELens "
-            "(a run's output), a folder of one such folder per rung, or a release available offline"
+            f"--init-from {source}: no such folder, and not RELEASE/SAE_ID ({problem}); give a folder saved "
+            "by SAELens (a run's output), a folder of one such folder per rung, or a release available offline"
         )
+
+
+def _not_a_release_id(source: str, path: Any) -> str | None:
+    """Why a missing path ``source`` cannot be RELEASE/SAE_ID, or None when it can: a missing
+    relative path such as ``runs/pt/saes/...`` (a typo) is refused here rather than after the
+    output folder is made."""
+    from pathlib import Path
+
+    from saelens_gemmascope.compat import pretrained_directory
+    from saelens_gemmascope.recipe.warm_start import split_release_id
+
+    if source.startswith(("/", "./", "../", "~")) or path.is_absolute():
+        return "a path"
+    first = source.strip("/").split("/", 1)[0]
+    if Path(first).expanduser().is_dir():
+        return f"{first}/ is a folder here, so this is a path inside it"
+    release, sae_id = split_release_id(source)
+    if not release or not sae_id:
+        return "no SAE_ID after the release"
+    if release not in pretrained_directory():
+        return f"no release {release!r} is known (`gemmascope ls` lists them)"
+    return None
 
 
 def _load_models_first(plan: Any, trainers: Any) -> None:

@@ -10,8 +10,9 @@ from saelens_gemmascope.directory.manifest import EMBEDDING
 from saelens_gemmascope.directory.scope2_manifest import L0_LABELS
 from saelens_gemmascope.models.spec import ModelSpec
 from saelens_gemmascope.recipe.transcoder import SKIP_TRANSCODER_ARCHITECTURE
-from saelens_gemmascope.suite.catalog import SKIP_TRANSCODER, TRANSCODER, build_preset, sort_key
+from saelens_gemmascope.suite.catalog import TRANSCODER, build_preset, sort_key
 from saelens_gemmascope.suite.preset import GEMMASCOPE2_RECIPE, Scope2Label, TrainingPreset
+from saelens_gemmascope.suite.scope2_catalog import scope2_preset_name_site
 
 TINY_WIDTHS: dict[str, int] = {"256": 256, "512": 512}
 TINY_TRAINING_STEPS: dict[str, int] = {"256": 200, "512": 400}
@@ -94,9 +95,16 @@ TINY_SCOPE2_OVERRIDES: dict[str, Any] = {
     "frequency_cap": 0.5,
     "frequency_penalty": 10.0,
 }
-#: Sites of the tiny Gemma 3 presets, as their names spell them (skip transcoders: site transcoder
-#: with the affine skip connection). Gemma Scope 2 released no embedding SAEs, so none here.
-TINY_SCOPE2_SITES: tuple[str, ...] = ("res", "mlp", "att", TRANSCODER, SKIP_TRANSCODER)
+#: Sites of the tiny Gemma 3 presets and whether they are affine (skip transcoders: site transcoder
+#: with the affine skip connection, named ``skip_transcoder``). Gemma Scope 2 released no embedding
+#: SAEs, so none here.
+TINY_SCOPE2_SITES: tuple[tuple[str, bool], ...] = (
+    ("res", False),
+    ("mlp", False),
+    ("att", False),
+    (TRANSCODER, False),
+    (TRANSCODER, True),
+)
 
 
 def tiny_gemmascope2_presets(
@@ -110,9 +118,8 @@ def tiny_gemmascope2_presets(
     no calibration."""
     presets = []
     batch = int(TINY_SCOPE2_OVERRIDES["train_batch_size_tokens"])
-    for name_site in TINY_SCOPE2_SITES:
-        skip = name_site == SKIP_TRANSCODER
-        site = TRANSCODER if skip else name_site
+    for site, skip in TINY_SCOPE2_SITES:
+        name_site = scope2_preset_name_site(site, skip)
         for layer in range(spec.n_layers):
             for width, d_sae in widths.items():
                 n_steps = steps[width] * (TINY_SCOPE2_SKIP_STEPS_FACTOR if skip else 1)

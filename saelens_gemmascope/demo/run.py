@@ -200,10 +200,13 @@ def demo_presets(settings: DemoSettings) -> list[TrainingPreset]:
 
 
 def _site_layers(settings: DemoSettings, site: str) -> tuple[int, ...]:
-    """Skip transcoders, like the transcoder ladder, at the first layer only."""
+    """Skip transcoders, like the transcoder ladder, at the first layer only, and none without
+    transcoders (``--no-transcoders``)."""
     from saelens_gemmascope.suite.catalog import SKIP_TRANSCODER
 
-    return settings.layers[:1] if site == SKIP_TRANSCODER else settings.layers
+    if site != SKIP_TRANSCODER:
+        return settings.layers
+    return settings.layers[:1] if settings.transcoders else ()
 
 
 def zero_ablation(sae: Any) -> Any:
@@ -264,7 +267,8 @@ def run_demo(
         notes = tuple(note for note in [demo_transcoder(settings).note] if note)
         for note in notes:
             say(note)
-        plan = plan_suite(demo_presets(settings))
+        presets = demo_presets(settings)
+        plan = plan_suite(presets)
         say(plan.describe())
         suite_root = out / "suite"
         suite = run_suite(
@@ -299,7 +303,9 @@ def run_demo(
         advance(STAGES[4])
 
         rows = _rows(trained, result, baselines)
-        summary = _write_summary(out, rows, model_metrics, settings, result.settings, notes)
+        # Gemma Scope 2's recipe is the presets' (each says so), not a guess from the trained λs.
+        scope2 = all(p.fixed_lambda for p in presets)
+        summary = _write_summary(out, rows, model_metrics, settings, result.settings, notes, scope2=scope2)
     report = result.files.get("report", out / "eval")
     return DemoResult(out, tuple(rows), model_metrics, report, summary, notes)
 
@@ -511,11 +517,6 @@ def _target_lines(rows: Sequence[DemoRow]) -> list[str]:
     ]
 
 
-def _fixed_lambda(rows: Sequence[DemoRow]) -> bool:
-    """Every SAE trained with one λ: Gemma Scope 2's recipe (the quadratic penalty aims at the target)."""
-    return len({r.l0_coefficient for r in rows}) == 1 and len(rows) > 1
-
-
 def _write_summary(
     out: Path,
     rows: Sequence[DemoRow],
@@ -523,7 +524,11 @@ def _write_summary(
     settings: DemoSettings,
     eval_settings: dict[str, Any],
     notes: Sequence[str] = (),
+    *,
+    scope2: bool = False,
 ) -> Path:
+    """``summary.md`` and ``summary.json``; ``scope2``: the presets follow Gemma Scope 2's recipe
+    (one fixed λ, no calibration, its export layout)."""
     lines = [
         "# gemmascope demo",
         "",
@@ -545,7 +550,6 @@ def _write_summary(
             f"{r.fvu:.3f} | {r.delta_loss:.3f} | {r.zero_ablation_delta_loss:.3f} | "
             f"{_flag_cell(r.dead_fraction, 'dead', r)} | {_flag_cell(r.dense_fraction, 'dense', r)} |"
         )
-    scope2 = _fixed_lambda(rows)
     ladder_line = (
         "Gemma Scope 2's recipe: one λ for every SAE, the quadratic L0 penalty aiming at each target "
         "(no calibration)."

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+# One definition, shared with the KL finetuning (runners/ may not import evaluation/).
+
 
 @dataclass
 class TokenMetrics:
@@ -34,19 +36,9 @@ class TokenMetrics:
     kl: torch.Tensor
 
 
-def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Log-probabilities of the predictions at positions ``0 .. pos - 2`` (those with a next token)."""
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
-
-
 def cross_entropy(log_probs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``(batch, pos - 1)``: -log p(tokens[t + 1]) under the prediction made at ``t``."""
     return -log_probs.gather(-1, tokens[:, 1:, None]).squeeze(-1)
-
-
-def kl_divergence(clean_log_probs: torch.Tensor, spliced_log_probs: torch.Tensor) -> torch.Tensor:
-    """``(batch, pos - 1)``: KL(clean ‖ spliced), in nats."""
-    return (clean_log_probs.exp() * (clean_log_probs - spliced_log_probs)).sum(-1)
 
 
 class MetricSums:

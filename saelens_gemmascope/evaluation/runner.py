@@ -33,13 +33,12 @@ from saelens_gemmascope.evaluation.metrics import (
     MetricSums,
     TokenMetrics,
     cross_entropy,
-    kl_divergence,
-    next_token_log_probs,
     to_python,
 )
 from saelens_gemmascope.evaluation.result import EvalResult, SAEMetrics
 from saelens_gemmascope.evaluation.sources import EvalSAE, SAESpec, resolve_spec, unique_labels
-from saelens_gemmascope.evaluation.splice import (
+from saelens_gemmascope.models.next_token import kl_divergence, next_token_log_probs
+from saelens_gemmascope.models.splice_plan import (
     SplicePlan,
     encode_decode,
     flat_site_tensor,

@@ -62,9 +62,9 @@ def load_pretrained(release: str, sae_id: str, device: str) -> EvalSAE:
 
 
 def load_saved(folder: str | Path, device: str) -> EvalSAE:
-    from sae_lens import SAE
+    from saelens_gemmascope.directory.saved import load_saved_sae
 
-    sae = SAE.load_from_disk(folder, device=device)
+    sae = load_saved_sae(folder, device=device)
     return EvalSAE(sae=sae, label=Path(folder).name, source="trained")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -325,11 +326,10 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         return (step_input.coefficients["l0"] * l0_per_row).mean()
 
     def _frequency_loss(self, step_input: TrainStepInput, hidden_pre: torch.Tensor) -> torch.Tensor:
-        # p_i over every row of the batch (any leading shape), with the estimator in frequency_fires.
-        fires = frequency_fires(
+        # p_i over every row of the batch (any leading shape), with the estimators of FiringFrequency.
+        frequency = firing_frequency(
             hidden_pre, self.threshold_values, self.cfg.jumprelu_bandwidth, self.cfg.frequency_input_gradient
         )
-        frequency = fires.reshape(-1, self.cfg.d_sae).mean(dim=0)
         excess = torch.relu(frequency - self.cfg.frequency_cap)
         # Relative to λ (warm-up included): see frequency_penalty in the config's docstring.
         strength = step_input.coefficients["l0"] * self.cfg.frequency_penalty
@@ -563,18 +563,88 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
         return state_dict
 
 
-def frequency_fires(
+#: Entries per chunk when FiringFrequency counts over a batch: its temporaries stay at one or two
+#: float32 chunks (64 MB each) whatever the batch and width, and a float32 sum over a chunk's rows
+#: (at most 2^24 of them) counts exactly.
+_FREQUENCY_CHUNK_ENTRIES = 1 << 24
+
+
+class FiringFrequency(torch.autograd.Function):
+    """``p_i = mean_rows H(pre_ri - θ_i)`` (the frequency penalty's per-latent firing frequency).
+
+    Backward, for ``g = ∂loss/∂p`` and ``n`` rows: θ_i gets the step's estimator,
+    ``-(1/ε)·Σ_rows K((pre_ri - θ_i)/ε)·g_i/n``, and ``pre_ri`` gets ``κ·H(pre_ri - θ_i)·g_i/n``
+    (κ = ``input_gradient``; nothing at all when κ = 0). The numbers of SAELens's ``Step`` on ``pre``
+    averaged over rows plus a straight-through term ``κ·H·(pre - pre.detach())`` (values and ``pre``'s
+    gradient bit for bit; θ's up to summation order), but it saves only ``pre`` and θ, which the
+    step's graph keeps anyway, and counts in row chunks: the composition kept a batch-by-d_sae tensor
+    for its backward and built about ten more.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float, input_gradient: float
+    ) -> torch.Tensor:
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth, ctx.input_gradient = bandwidth, input_gradient
+        # θ as stored (float32 or wider) in the comparison, as the estimators compare.
+        fires = _count_per_latent(pre, lambda chunk: _fires(chunk, threshold, torch.float32))
+        # In pre's dtype, as mean() over Step's output gives it: the exact count, then one division.
+        return fires.to(pre.dtype) / (pre.numel() // pre.shape[-1])
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, grad_frequency: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        pre, threshold = ctx.saved_tensors
+        bandwidth, input_gradient = ctx.bandwidth, ctx.input_gradient
+        # Every entry's share of ∂loss/∂p_i, as mean()'s backward gives it.
+        per_entry = grad_frequency / (pre.numel() // pre.shape[-1])
+        threshold_grad = None
+        if ctx.needs_input_grad[1]:
+            in_window = _count_per_latent(pre, lambda chunk: _in_window(chunk, threshold, bandwidth))
+            # Step's per-entry term (1/ε)·K·g/n in the compared dtype, times the entries in the window.
+            per_window_entry = (1.0 / bandwidth) * per_entry.to(
+                torch.promote_types(pre.dtype, threshold.dtype)
+            )
+            threshold_grad = (in_window.to(per_window_entry.dtype) * -per_window_entry).to(threshold.dtype)
+        pre_grad = None
+        if ctx.needs_input_grad[0] and input_gradient != 0:
+            # κ rounded to pre's dtype first, as the straight-through term's κ·H was.
+            scale = per_entry * torch.tensor(input_gradient, dtype=pre.dtype, device=pre.device)
+            pre_grad = _fires(pre, threshold, pre.dtype).mul_(scale)
+        return pre_grad, threshold_grad, None, None
+
+
+def firing_frequency(
     pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float, input_gradient: float
 ) -> torch.Tensor:
-    """``H(pre - θ)`` for the frequency penalty: θ gets the step's estimator ``-(1/ε)·K((pre - θ)/ε)``
-    and every *active* entry's pre-activation gets ``input_gradient·H(pre - θ)`` (see
-    ``frequency_input_gradient`` in :class:`GemmaScopeTrainingSAEConfig`)."""
-    fires = step(pre, threshold, bandwidth)
-    if input_gradient == 0 or not pre.requires_grad:
-        return fires
-    # Zero in value, input_gradient·H(pre - θ) in gradient: a straight-through term on the input.
-    active = (pre.detach() > threshold.detach()).to(pre.dtype)
-    return fires + input_gradient * active * (pre - pre.detach())
+    """Each latent's firing frequency over ``pre``'s rows (any leading shape), with the frequency
+    penalty's estimators (see :class:`FiringFrequency` and ``frequency_input_gradient`` in
+    :class:`GemmaScopeTrainingSAEConfig`)."""
+    return FiringFrequency.apply(pre, threshold, bandwidth, input_gradient)  # type: ignore[no-any-return]
+
+
+def _fires(pre: torch.Tensor, threshold: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``H(pre - θ)`` as 0/1 in ``dtype``, written straight into its output (no bool temporary)."""
+    return torch.gt(pre, threshold, out=torch.empty(pre.shape, dtype=dtype, device=pre.device))
+
+
+def _in_window(pre: torch.Tensor, threshold: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """``K((pre - θ)/ε)`` as 0/1, in one temporary: SAELens's ``rectangle`` tests -1/2 < u < 1/2 on the
+    same ``u``, which is |u| < 1/2."""
+    return (pre - threshold).div_(bandwidth).abs_().lt_(0.5)
+
+
+def _count_per_latent(pre: torch.Tensor, indicator: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``indicator(pre)`` (0/1, float32 or wider) summed over every row, a chunk of rows at a time (int64)."""
+    flat_pre = pre.reshape(-1, pre.shape[-1])
+    n_rows, width = flat_pre.shape
+    chunk_rows = max(1, _FREQUENCY_CHUNK_ENTRIES // max(width, 1))
+    counts = torch.zeros(width, dtype=torch.int64, device=pre.device)
+    for start in range(0, n_rows, chunk_rows):
+        counts += indicator(flat_pre[start : start + chunk_rows]).sum(dim=0).to(torch.int64)
+    return counts
 
 
 def threshold_storage_dtype(parameter_dtype: torch.dtype) -> torch.dtype:

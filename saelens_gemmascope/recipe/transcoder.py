@@ -25,7 +25,7 @@ Public API (what the demo, the benchmarks and users build on):
 Which tensors (Gemma 2 / Gemma Scope): the input is TransformerLens's ``blocks.L.ln2.hook_normalized``,
 the pre-MLP RMSNorm's output *before* its (1 + w) gain (Gemma Scope folds the gain into the MLP's input
 matrices; it is the hook the released transcoders are loaded on, ``models/gemma2.py`` site
-``transcoder``, and spliced at, ``evaluation/splice.py``); the target is ``blocks.L.hook_mlp_out``, the
+``transcoder``, and spliced at, ``models/splice_plan.py``); the target is ``blocks.L.hook_mlp_out``, the
 MLP output after the post-MLP RMSNorm (site ``mlp``).
 
 The recipe is the SAE's (:mod:`saelens_gemmascope.recipe.sae`): the same estimators, λ schedule,

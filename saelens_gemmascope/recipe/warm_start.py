@@ -24,14 +24,19 @@ the run's gets a warning (the brief is "same site"). Transcoders are refused.
 Which source each SAE of a ladder starts from (:func:`init_source_for`): one SAE (folder or
 ``release/id``) for every rung, or a folder holding one SAELens folder per rung, named as the rung
 (the SAE's full name, or its last part such as ``target_l0_20``).
+
+Resuming (:func:`resumed_warm_start`): a resumed run continues from its checkpoint's weights and
+keeps the source its checkpoint's ``cfg.json`` records (SAELens restores weights, not the config's
+metadata); ``init_from`` may be left out, and one naming another source is refused.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ import torch
 from sae_lens.saes.sae import SAE, TrainingSAE
 
 from saelens_gemmascope.compat import pretrained_directory
+from saelens_gemmascope.directory.saved import SavedSAEError, load_saved_sae
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
 from saelens_gemmascope.recipe.transcoder import GemmaScopeTrainingTranscoder
 
@@ -108,7 +114,10 @@ def load_source_sae(source: str) -> SAE[Any]:
             raise WarmStartError(
                 f"init_from {source}: not an SAE folder (no {_SAE_CONFIG_FILE}); {_how_to_provide()}"
             )
-        return SAE.load_from_disk(str(path), device="cpu")
+        try:
+            return load_saved_sae(path, device="cpu")
+        except SavedSAEError as err:
+            raise WarmStartError(f"init_from {source}: {err}") from None
     release, sae_id = split_release_id(source)
     if _looks_like_path(source) or not release or not sae_id:
         raise WarmStartError(
@@ -264,6 +273,33 @@ def prepare_warm_start(source: str, cfg: Any, hook_name: str | None, label: str 
 # -- into the training SAE -------------------------------------------------------------------------
 
 
+def _on_sae_device(sae: GemmaScopeTrainingSAE, weights: SourceWeights) -> SourceWeights:
+    """``weights`` on ``sae``'s device, each in the dtype of the parameter it becomes (θ in θ's storage
+    dtype, float32 or wider, as the fold scales it): the source is loaded on the CPU, the SAE may be
+    on a GPU, and the unfold mixes the two (``b_enc + b_dec @ W_enc``)."""
+    device = sae.W_enc.device
+    theta = sae.log_threshold if sae.cfg.threshold_parametrisation == "log" else sae.threshold
+    return replace(
+        weights,
+        W_enc=weights.W_enc.to(device=device, dtype=sae.W_enc.dtype),
+        W_dec=weights.W_dec.to(device=device, dtype=sae.W_dec.dtype),
+        b_enc=weights.b_enc.to(device=device, dtype=sae.b_enc.dtype),
+        b_dec=weights.b_dec.to(device=device, dtype=sae.b_dec.dtype),
+        threshold=weights.threshold.to(device=device, dtype=theta.dtype),
+    )
+
+
+def _check_log_threshold(sae: GemmaScopeTrainingSAE, weights: SourceWeights) -> None:
+    # On the source (CPU) values, before anything is written: dividing by C > 0 keeps the sign.
+    if sae.cfg.threshold_parametrisation != "log":
+        return
+    if bool((weights.threshold <= 0).any()):
+        raise WarmStartError(
+            f"init_from {weights.source}: {int((weights.threshold <= 0).sum())} threshold(s) are <= 0, "
+            "which threshold_parametrisation='log' cannot hold; train with threshold_parametrisation='direct'"
+        )
+
+
 @torch.no_grad()
 def unfold_into(sae: GemmaScopeTrainingSAE, weights: SourceWeights, input_scale: float) -> None:
     """Set ``sae``'s parameters (in place: an optimiser built on them keeps them) so that
@@ -275,22 +311,18 @@ def unfold_into(sae: GemmaScopeTrainingSAE, weights: SourceWeights, input_scale:
             f"init_from {weights.source}: the input scale must be positive, got {input_scale}"
         )
     check_fits(weights, sae.cfg, None)
+    _check_log_threshold(sae, weights)
+    source = _on_sae_device(sae, weights)
     scale = 1.0 / input_scale
-    sae.W_enc.copy_(weights.W_enc)
-    sae.W_dec.copy_(weights.W_dec)
-    sae.b_dec.copy_(weights.b_dec * scale)
-    b_enc = weights.b_enc.to(sae.b_enc.dtype) * scale
+    sae.W_enc.copy_(source.W_enc)
+    sae.W_dec.copy_(source.W_dec)
+    sae.b_dec.copy_(source.b_dec * scale)
+    b_enc = source.b_enc * scale
     if sae.cfg.apply_b_dec_to_input:  # the trained encoder subtracts b_dec first: add it back
         b_enc = b_enc + sae.b_dec @ sae.W_enc
     sae.b_enc.copy_(b_enc)
-    # θ in its own (float32 or wider) dtype, scaled there, as the fold scales it.
-    threshold = weights.threshold.to(torch.promote_types(weights.threshold.dtype, torch.float32)) * scale
+    threshold = source.threshold * scale
     if sae.cfg.threshold_parametrisation == "log":
-        if bool((threshold <= 0).any()):
-            raise WarmStartError(
-                f"init_from {weights.source}: {int((threshold <= 0).sum())} threshold(s) are <= 0, which "
-                "threshold_parametrisation='log' cannot hold; train with threshold_parametrisation='direct'"
-            )
         sae.log_threshold.copy_(threshold.log())
     else:
         sae.threshold.copy_(threshold.clamp(min=0.0))
@@ -321,19 +353,87 @@ class WarmStart:
         if resumed:
             record_init_source(sae, self.source)
             return
-        if self.weights is None or input_scale is None or not isinstance(sae, GemmaScopeTrainingSAE):
+        if self.weights is None:
             raise WarmStartError(
-                f"init_from {self.source}: a warm start needs the loaded source, the run's input scale "
-                "and a jumprelu_gemmascope SAE"
+                f"init_from {self.source}: the source was not loaded (this warm start was planned for a "
+                "resumed run, which only records it); plan a new run's with plan_warm_start(resume_from=None)"
+            )
+        if input_scale is None:
+            raise WarmStartError(
+                f"init_from {self.source}: the run's input scale C is not known yet; apply the warm "
+                "start after C is estimated (the trainer does, before its first step)"
+            )
+        if not isinstance(sae, GemmaScopeTrainingSAE):
+            raise WarmStartError(
+                f"init_from {self.source}: the SAE is a {type(sae).__name__}; a warm start trains a "
+                "jumprelu_gemmascope SAE (GemmaScopeTrainingSAE)"
             )
         warm_start(sae, self.weights, input_scale)
 
 
+# -- resuming --------------------------------------------------------------------------------------
+
+
+def recorded_init_source(sae_folder: Path) -> str | None:
+    """The warm-start source a saved SAE records (``metadata.gemmascope_init_from`` in its
+    ``cfg.json``: a checkpoint's SAE folder holds one), or None when it started cold."""
+    config_path = sae_folder / _SAE_CONFIG_FILE
+    if not config_path.is_file():
+        return None
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError) as err:
+        raise WarmStartError(f"cannot read {config_path} ({err}); resume from an intact checkpoint") from None
+    metadata = config.get("metadata") if isinstance(config, dict) else None
+    recorded = metadata.get(INIT_FROM_METADATA) if isinstance(metadata, dict) else None
+    return str(recorded) if recorded is not None else None
+
+
+def same_source(given: str, recorded: str) -> bool:
+    """Whether two spellings name the same source: one folder (however the path is written), or
+    the same ``release/sae_id``."""
+    if given == recorded:
+        return True
+    paths = [Path(name).expanduser() for name in (given, recorded)]
+    return all(path.exists() for path in paths) and paths[0].resolve() == paths[1].resolve()
+
+
+def resumed_warm_start(source: str | None, sae_checkpoint: Path, label: str = "the SAE") -> WarmStart | None:
+    """A resumed SAE's warm start: the source its checkpoint records (SAELens restores a checkpoint's
+    weights, not its config's metadata, so it is read from the checkpoint's ``cfg.json``). ``source``,
+    the one given now, may be left out; one that differs from the checkpoint's is refused."""
+    recorded = recorded_init_source(sae_checkpoint)
+    if source is None:
+        return WarmStart(recorded) if recorded is not None else None
+    if recorded is None:
+        raise WarmStartError(
+            f"init_from {source}: {label} resumes from {sae_checkpoint}, which started cold (its "
+            f"{_SAE_CONFIG_FILE} records no {INIT_FROM_METADATA}); resume without --init-from, or train "
+            "into a new output folder to warm-start"
+        )
+    if not same_source(source, recorded):
+        raise WarmStartError(
+            f"init_from {source}: {label} resumes from {sae_checkpoint}, which was warm-started from "
+            f"{recorded}; resume without --init-from (the checkpoint's source is kept) or with that "
+            "source, or train into a new output folder"
+        )
+    return WarmStart(recorded)
+
+
 def plan_warm_start(
-    source: str, cfg: Any, hook_name: str | None, *, resuming: bool, label: str = "the SAE"
-) -> WarmStart:
-    """The warm start of an SAE of ``cfg`` at ``hook_name``: loaded and checked now for a new run (a
-    bad source fails before anything runs), the source's name only for a resumed one."""
-    if resuming:
-        return WarmStart(source)
+    source: str | None,
+    cfg: Any,
+    hook_name: str | None,
+    *,
+    resume_from: Path | None,
+    label: str = "the SAE",
+) -> WarmStart | None:
+    """The warm start of an SAE of ``cfg`` at ``hook_name``, or None (a cold start). A new run's
+    source is loaded and checked now (a bad one fails before anything runs); a run resumed from the
+    SAE's checkpoint folder ``resume_from`` keeps the source that checkpoint records
+    (:func:`resumed_warm_start`)."""
+    if resume_from is not None:
+        return resumed_warm_start(source, resume_from, label)
+    if source is None:
+        return None
     return WarmStart(source, prepare_warm_start(source, cfg, hook_name, label))

@@ -15,7 +15,10 @@
   which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns off; :func:`weights_only_loads` forces it on
   around that read.
 * **Same settings** (:func:`refuse_changed_settings`): a resume whose runner config differs from
-  the checkpoint's (but for where files go, logging and devices) would mix two trainings.
+  the checkpoint's (but for where files go, logging and devices) would mix two trainings. An SAE
+  setting added after release and absent from an older checkpoint compares as the value that old
+  run trained with (:data:`SAE_SETTINGS_ADDED_AFTER_RELEASE`); the frequency penalty's own settings
+  (κ, the cap) are not compared while the penalty is off before and now, as they change nothing.
 """
 
 from __future__ import annotations
@@ -219,6 +222,34 @@ def weights_only_loads() -> Iterator[None]:
 # -- settings -----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AddedSetting:
+    """An SAE setting added after release: what a checkpoint written before it existed trained with."""
+
+    old_value: Any
+    #: That value as ``--set sae.KEY=VALUE`` writes it (said when a resume is refused over it).
+    as_set: str
+
+
+#: SAE settings added after release. A checkpoint's saved settings without one trained as this value
+#: does, so an absent key compares as it (a resume is refused only when the run now differs from it).
+SAE_SETTINGS_ADDED_AFTER_RELEASE: Mapping[str, AddedSetting] = {
+    # Gemma Scope 2 knobs, off by default: a config without them trained the Gemma Scope recipe.
+    "l0_penalty": AddedSetting("linear", "linear"),
+    "target_l0": AddedSetting(None, "None"),
+    "frequency_penalty": AddedSetting(0.0, "0"),
+    "frequency_cap": AddedSetting(0.1, "0.1"),
+    # The frequency penalty's push on active pre-activations: before it, the penalty was θ-only.
+    "frequency_input_gradient": AddedSetting(0.0, "0"),
+    "matryoshka_widths": AddedSetting(None, "None"),
+}
+
+#: SAE settings read only by the frequency penalty: with it off (``frequency_penalty`` 0 before and
+#: now) they change nothing, so a resume ignores them (an old run without the penalty resumes
+#: whatever the current default of κ).
+FREQUENCY_PENALTY_ONLY_SETTINGS = ("frequency_cap", "frequency_input_gradient")
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(value, Mapping):
         return {prefix: value}
@@ -242,23 +273,84 @@ def _sae_names(config: Mapping[str, Any]) -> list[str]:
     return sorted(saes) if isinstance(saes, Mapping) else []
 
 
-def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every setting that differs (JSON values; ``-`` for absent). Another
-    set of SAEs is one entry (their names); the SAEs in both are compared setting by setting."""
-    old, new = _flatten(json.loads(json.dumps(saved))), _flatten(json.loads(json.dumps(current)))
+def _sae_configs(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The SAE configs in a runner config's dict, by their flattened prefix (``sae``, ``saes.NAME``)."""
+    found = {"sae": config["sae"]} if isinstance(config.get("sae"), dict) else {}
+    saes = config.get("saes")
+    if isinstance(saes, dict):
+        found.update({f"saes.{name}": sae for name, sae in saes.items() if isinstance(sae, dict)})
+    return found
+
+
+def _fill_added_settings(saved: dict[str, Any]) -> dict[str, str]:
+    """Give each saved SAE config the settings added after it was written, at their old values (in
+    place); returns the flattened keys filled in, with the field each is."""
+    filled: dict[str, str] = {}
+    for prefix, sae in _sae_configs(saved).items():
+        for name, added in SAE_SETTINGS_ADDED_AFTER_RELEASE.items():
+            if name not in sae:
+                sae[name] = added.old_value
+                filled[f"{prefix}.{name}"] = name
+    return filled
+
+
+def _drop_inert_settings(old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Leave out of the comparison the settings that change nothing in an SAE config of both (in place)."""
+    news = _sae_configs(new)
+    for prefix, before in _sae_configs(old).items():
+        after = news.get(prefix)
+        if after is None or before.get("frequency_penalty") != 0 or after.get("frequency_penalty") != 0:
+            continue
+        for name in FREQUENCY_PENALTY_ONLY_SETTINGS:
+            before.pop(name, None)
+            after.pop(name, None)
+
+
+@dataclass
+class _SettingsDiff:
+    changes: dict[str, str]  # display key: "old -> new"
+    unsaved: set[str]  # fields of SAE_SETTINGS_ADDED_AFTER_RELEASE among them that the checkpoint lacks
+
+
+def _diff_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> _SettingsDiff:
+    saved_copy, current_copy = json.loads(json.dumps(saved)), json.loads(json.dumps(current))
+    filled = _fill_added_settings(saved_copy)
+    _drop_inert_settings(saved_copy, current_copy)
+    old, new = _flatten(saved_copy), _flatten(current_copy)
     old_names, new_names = _sae_names(saved), _sae_names(current)
-    changes: dict[str, str] = {}
+    diff = _SettingsDiff({}, set())
     if old_names != new_names:
-        changes["saes"] = f"{', '.join(old_names)} -> {', '.join(new_names)}"
+        diff.changes["saes"] = f"{', '.join(old_names)} -> {', '.join(new_names)}"
     common = set(old_names) & set(new_names)
     apart = [f".{name}." for name in {*old_names, *new_names} - common]  # also in hook_names etc.
     for key in sorted(old.keys() | new.keys()):
-        if any(name in f".{key}." for name in apart):
+        if any(name in f".{key}." for name in apart) or old.get(key, ...) == new.get(key, ...):
             continue
-        if old.get(key, ...) != new.get(key, ...):
-            shown = " -> ".join(json.dumps(v[key]) if key in v else "-" for v in (old, new))
-            changes.setdefault(_display_key(key, common), shown)
-    return [f"{key}: {shown}" for key, shown in changes.items()]
+        shown = [json.dumps(v[key]) if key in v else "-" for v in (old, new)]
+        if key in filled:
+            shown[0] += " (not saved: the checkpoint predates this setting)"
+            diff.unsaved.add(filled[key])
+        diff.changes.setdefault(_display_key(key, common), " -> ".join(shown))
+    return diff
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every setting that differs (JSON values; ``-`` for absent). Another
+    set of SAEs is one entry (their names); the SAEs in both are compared setting by setting. A
+    setting added after the checkpoint was written compares as the value it trained with
+    (:data:`SAE_SETTINGS_ADDED_AFTER_RELEASE`); the frequency penalty's own settings count only
+    while it is on (:data:`FREQUENCY_PENALTY_ONLY_SETTINGS`)."""
+    return [f"{key}: {shown}" for key, shown in _diff_settings(saved, current).changes.items()]
+
+
+def _how_to_resume(unsaved: set[str]) -> str:
+    advice = "resume with the settings it was trained with, or train into a new output folder"
+    if not unsaved:
+        return advice
+    sets = " ".join(
+        f"--set sae.{name}={SAE_SETTINGS_ADDED_AFTER_RELEASE[name].as_set}" for name in sorted(unsaved)
+    )
+    return f"it predates {', '.join(sorted(unsaved))}: to resume with the form it was trained with, pass {sets}; or {advice}"
 
 
 def refuse_changed_settings(checkpoint: Path, current: Mapping[str, Any], shown: int = 8) -> None:
@@ -268,11 +360,12 @@ def refuse_changed_settings(checkpoint: Path, current: Mapping[str, Any], shown:
     saved_path = checkpoint / RUNNER_CFG_FILENAME
     if not saved_path.is_file():
         return
-    changes = changed_settings(json.loads(saved_path.read_text()), current)
+    diff = _diff_settings(json.loads(saved_path.read_text()), current)
+    changes = [f"{key}: {shown}" for key, shown in diff.changes.items()]
     if not changes:
         return
     more = f" and {len(changes) - shown} more" if len(changes) > shown else ""
     raise ChangedSettingsError(
         f"cannot resume from {checkpoint}: it was trained with other settings ({'; '.join(changes[:shown])}"
-        f"{more}); resume with the settings it was trained with, or train into a new output folder"
+        f"{more}); {_how_to_resume(diff.unsaved)}"
     )

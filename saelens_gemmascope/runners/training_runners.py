@@ -274,8 +274,13 @@ def init_sources(init_from: str | Mapping[str, str] | None, names: list[str]) ->
     return {name: str(init_from[name]) for name in names if name in init_from}
 
 
-def _resuming(cfg: Any) -> bool:
-    return cfg.resume_from_checkpoint is not None
+def _sae_checkpoint(cfg: Any, sae_name: str | None = None) -> Path | None:
+    """The folder of the checkpoint a run resumes from that holds the SAE's ``cfg.json`` (a
+    multi-SAE checkpoint has one per SAE, named as the SAE), or None for a new run."""
+    if cfg.resume_from_checkpoint is None:
+        return None
+    checkpoint = Path(cfg.resume_from_checkpoint)
+    return checkpoint if sae_name is None else checkpoint / sae_name
 
 
 def _close(batches: Batches | None) -> None:
@@ -290,7 +295,8 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
     build ``cfg`` with :func:`saelens_gemmascope.recipe.gemmascope_runner_config`. ``init_from``
     (an SAE folder or ``release/sae_id``) starts the SAE from a saved SAE of the same site, as
     Gemma Scope 2 started its IT SAEs from the PT ones (:mod:`~saelens_gemmascope.recipe.warm_start`);
-    it is checked here, applied once C is known, and only recorded when resuming.
+    it is checked here and applied once C is known. A resumed run continues from its checkpoint and
+    keeps the source the checkpoint records (``init_from`` may be left out; another one is refused).
     """
 
     trainer: GemmaScopeSAETrainer | None = None
@@ -309,10 +315,8 @@ class GemmaScopeTrainingRunner(LanguageModelSAETrainingRunner):
         _check_resume(cfg)
         # Before the model loads: a bad source fails fast.
         sae_cfg = override_sae.cfg if override_sae is not None else cfg.sae
-        self._warm_start: WarmStart | None = (
-            plan_warm_start(init_from, sae_cfg, cfg.hook_name, resuming=_resuming(cfg))
-            if init_from is not None
-            else None
+        self._warm_start: WarmStart | None = plan_warm_start(
+            init_from, sae_cfg, cfg.hook_name, resume_from=_sae_checkpoint(cfg)
         )
         model = default_model(cfg, override_model)
         dataset = default_dataset(cfg, override_dataset, model, None)
@@ -388,18 +392,19 @@ class GemmaScopeMultiSAETrainingRunner(MultiSAETrainingRunner):
             super().__init__(cfg, dataset, model, override_saes)
         if distributed is not None and distributed.mode == "sae":
             self._keep_owned_saes(distributed)
-        # This rank's SAEs only (SAE sharding), loaded and checked before any training.
-        self._warm_starts = {
+        # This rank's SAEs only (SAE sharding), loaded and checked before any training; a resumed
+        # SAE keeps the source its checkpoint records, given again or not.
+        planned = {
             name: plan_warm_start(
-                source,
-                self.saes[name].cfg,
+                sources.get(name),
+                sae.cfg,
                 cfg.hook_names_per_sae[name],
-                resuming=_resuming(cfg),
+                resume_from=_sae_checkpoint(cfg, name),
                 label=f"SAE {name!r}",
             )
-            for name, source in sources.items()
-            if name in self.saes
+            for name, sae in self.saes.items()
         }
+        self._warm_starts = {name: start for name, start in planned.items() if start is not None}
 
     def _keep_owned_saes(self, distributed: DistributedSpec) -> None:
         # SAELens creates every SAE of the config (the store needs every hook of the pass); this

@@ -104,6 +104,7 @@ def sae_config_for(sae: PresetSAE, spec: RunSpec) -> GemmaScopeTrainingSAEConfig
     # into a one-rung ladder by the caller (see ladder_from_spec), never applied on top of it.
     settings.pop("l0_coefficient", None)
     if sae.preset.fixed_lambda:
+        check_scope2_penalty(sae.preset, settings)
         # Gemma Scope 2's knobs first, so that the preset's and the caller's overrides win.
         settings = {**gemmascope2_recipe_fields(sae, settings.pop("target_l0", None)), **settings}
     if is_transcoder_preset(sae.preset):
@@ -116,6 +117,22 @@ def sae_config_for(sae: PresetSAE, spec: RunSpec) -> GemmaScopeTrainingSAEConfig
             f"{', '.join(only_transcoders)}: transcoder setting(s), but {sae.preset.name!r} is an SAE preset"
         )
     return gemmascope_sae_config(sae.preset.d_in, d_sae, sae.l0_coefficient, **settings)
+
+
+#: The L0 penalty of Gemma Scope 2's recipe (``recipe.config.gemmascope2_sae_config``).
+SCOPE2_L0_PENALTY = "quadratic"
+
+
+def check_scope2_penalty(preset: TrainingPreset, settings: Mapping[str, Any]) -> None:
+    """Refuses another L0 penalty on a Gemma Scope 2 preset: with the linear one every rung would
+    train the same SAE (one fixed λ, the targets ignored), yet be exported as ``l0_small``,
+    ``l0_medium``... as if it had reached its target."""
+    penalty = settings.get("l0_penalty", SCOPE2_L0_PENALTY)
+    if penalty != SCOPE2_L0_PENALTY:
+        raise ValueError(
+            f"l0_penalty={penalty!r} on {preset.name}: Gemma Scope 2 presets train the quadratic penalty "
+            "around each target; for a linear λ ladder use a Gemma Scope preset"
+        )
 
 
 def gemmascope2_recipe_fields(sae: PresetSAE, target_override: Any = None) -> dict[str, Any]:
@@ -137,7 +154,7 @@ def gemmascope2_recipe_fields(sae: PresetSAE, target_override: Any = None) -> di
             f"give target_l0= (the preset's ladder: {targets})"
         )
     return {
-        "l0_penalty": "quadratic",
+        "l0_penalty": SCOPE2_L0_PENALTY,
         "target_l0": float(target),
         "l0_warm_up_steps": GEMMASCOPE2_L0_WARM_UP_STEPS,
         "frequency_penalty": GEMMASCOPE2_FREQUENCY_PENALTY,

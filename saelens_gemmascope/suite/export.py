@@ -28,7 +28,7 @@ SAE twice, as the hub holds it; ``release.json`` records the measured L0. The sa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ from saelens_gemmascope.directory.layout import (
     read_release_manifest,
     remove_exports,
     sae_folder,
+    width_name,
 )
 from saelens_gemmascope.directory.local import local_release_name, register_local_release
 from saelens_gemmascope.directory.manifest import EMBEDDING
@@ -51,32 +52,36 @@ from saelens_gemmascope.directory.scope2_layout import (
 from saelens_gemmascope.recipe.finite_guard import NonFiniteTrainingError, nonfinite_tensors
 from saelens_gemmascope.recipe.transcoder import SKIP_TRANSCODER_ARCHITECTURE
 from saelens_gemmascope.suite.configs import PresetSAE
-from saelens_gemmascope.suite.preset import GEMMASCOPE2_RECIPE, Scope2Label, TrainingPreset
+from saelens_gemmascope.suite.preset import Scope2Label, TrainingPreset
 from saelens_gemmascope.suite.results import TrainedSAE
 
 RELEASE_DIR = "release"
 
 
-def is_scope2_preset(preset: TrainingPreset) -> bool:
-    """A preset exported in Gemma Scope 2's layout (its recipe is Gemma Scope 2's)."""
-    return preset.recipe == GEMMASCOPE2_RECIPE
-
-
 def release_dir(root: Path, preset: TrainingPreset) -> Path:
-    if is_scope2_preset(preset):
+    if preset.fixed_lambda:  # Gemma Scope 2's recipe: its layout, one release folder per model
         return root / RELEASE_DIR / preset.model_name
     site = "res" if preset.site == EMBEDDING else preset.site
     return root / RELEASE_DIR / f"{preset.model_name}-{site}"
 
 
-def scope2_export_id(preset: TrainingPreset, label: Scope2Label) -> str:
-    """The folder (and local-release id) a Gemma Scope 2 preset's SAE of ``label`` goes to, e.g.
-    ``resid_post/layer_1_width_256_l0_small`` (what ``export_gemmascope2_sae`` will name it)."""
+def scope2_width_label(preset: TrainingPreset, d_sae: int) -> str:
+    """The width an export of ``preset``'s SAE of ``d_sae`` latents is named by: the preset's label
+    when the SAE has the preset's width, else the width it was trained at (``--set d_sae=4096`` on a
+    16k preset gives ``width_4096``: the folder says what it holds, as a Gemma Scope export does)."""
+    return preset.width if d_sae == preset.d_sae and preset.width else width_name(d_sae)
+
+
+def scope2_export_id(preset: TrainingPreset, label: Scope2Label, d_sae: int) -> str:
+    """The folder (and local-release id) a Gemma Scope 2 preset's SAE of ``label`` and ``d_sae``
+    latents goes to, e.g. ``resid_post/layer_1_width_256_l0_small`` (what ``export_gemmascope2_sae``
+    names it given :func:`scope2_width_label`)."""
     if preset.layer is None or preset.site not in SITE_FOLDERS:
         raise ValueError(f"{preset.name}: Gemma Scope 2's layout has no folder for site {preset.site!r}")
     folder = SITE_FOLDERS[preset.site] + (ALL_LAYERS_SUFFIX if label.all_layers else "")
     affine = preset.architecture == SKIP_TRANSCODER_ARCHITECTURE
-    return f"{folder}/{scope2_sae_name(preset.layer, preset.width, label.l0_label, affine)}"
+    width = scope2_width_label(preset, d_sae)
+    return f"{folder}/{scope2_sae_name(preset.layer, width, label.l0_label, affine)}"
 
 
 @dataclass
@@ -104,10 +109,13 @@ class ExportLedger:
         earlier = entry.get("sae_name") or "an SAE that did not record its name"
         return f"{earlier} (exported by an earlier run into this output folder)"
 
-    def claim(self, release_folder: Path, sae_id: str, name: str) -> None:
-        """Record ``name``'s export at ``sae_id`` and drop its stale exports elsewhere (an SAE may
-        hold several folders: a Gemma Scope 2 target released in two releases)."""
-        self.claimed[release_folder, sae_id] = name
+    def claim(self, release_folder: Path, sae_ids: Collection[str], name: str) -> None:
+        """Record ``name``'s exports at ``sae_ids`` (every folder it holds: a Gemma Scope 2 target
+        released in two releases has two) and drop its stale exports elsewhere. All of an SAE's
+        folders are claimed together, after all are written: claiming one at a time would drop
+        the others' earlier exports as stale, and a run stopped in between would leave them missing."""
+        for sae_id in sae_ids:
+            self.claimed[release_folder, sae_id] = name
         stale = [
             i
             for i, e in _entries_by_id(release_folder).items()
@@ -177,7 +185,7 @@ def export_pass(
         preset = sae.preset
         l0 = float(model.cfg.metadata.l0)
         target_root = release_dir(root, preset)
-        if is_scope2_preset(preset):
+        if preset.fixed_lambda:
             results.append(_export_scope2(root, pass_id, sae, model, l0, ledger, progress))
             continue
         folder_l0 = export_folder_l0(sae, l0)
@@ -195,21 +203,26 @@ def export_pass(
                 folder_l0=folder_l0,
             )  # fmt: skip
             export_id = exported.sae_id
-            ledger.claim(target_root, export_id, sae.name)
-        results.append(
-            TrainedSAE(
-                name=sae.name,
-                preset=preset.name,
-                target_l0=sae.target_l0,
-                l0_coefficient=sae.l0_coefficient,
-                l0=l0,
-                saelens_path=str(root / "saes" / pass_id / sae.name),
-                export_id=export_id,
-                release=export_id and local_release_name(target_root),
-                note=note,
-            )
-        )
+            ledger.claim(target_root, [export_id], sae.name)
+        results.append(_trained_sae(root, pass_id, sae, l0, export_id, note))
     return results
+
+
+def _trained_sae(
+    root: Path, pass_id: str, sae: PresetSAE, l0: float, export_id: str | None, note: str | None
+) -> TrainedSAE:
+    """What the run's summary records of one SAE (its release: the preset's folder, if exported)."""
+    return TrainedSAE(
+        name=sae.name,
+        preset=sae.preset.name,
+        target_l0=sae.target_l0,
+        l0_coefficient=sae.l0_coefficient,
+        l0=l0,
+        saelens_path=str(root / "saes" / pass_id / sae.name),
+        export_id=export_id,
+        release=export_id and local_release_name(release_dir(root, sae.preset)),
+        note=note,
+    )
 
 
 def _export_scope2(
@@ -225,41 +238,33 @@ def _export_scope2(
     preset = sae.preset
     target_root = release_dir(root, preset)
     labels = preset.labels_of(sae.target_l0) if sae.target_l0 is not None else ()
+    d_sae = int(model.cfg.d_sae)
+    width = scope2_width_label(preset, d_sae)
     exported_ids: list[str] = []
     notes: list[str] = []
     if not labels:
         notes.append(f"target L0 {sae.target_l0} has no Gemma Scope 2 label in {preset.name}")
     for label in labels:
-        sae_id = scope2_export_id(preset, label)
+        sae_id = scope2_export_id(preset, label, d_sae)
         holder = ledger.holder(target_root, sae_id, sae.name)
         if holder is not None:
             notes.append(f"{sae_id} holds {holder}")
             continue
         exported = export_gemmascope2_sae(
-            model, target_root, l0_label=label.l0_label, width_label=preset.width, site=preset.site,
+            model, target_root, l0_label=label.l0_label, width_label=width, site=preset.site,
             layer=preset.layer, model_name=preset.model_name, average_l0=l0,
             all_layers=label.all_layers, sae_name=sae.name,
         )  # fmt: skip
-        ledger.claim(target_root, exported.sae_id, sae.name)
         exported_ids.append(exported.sae_id)
+    if exported_ids:
+        ledger.claim(target_root, exported_ids, sae.name)
     note = None
     if notes:
         note = "; ".join(notes) + ("; kept in SAELens format only" if not exported_ids else "")
         progress(f"warning: {sae.name} (L0 {l0:.1f}): {note}")
     elif len(exported_ids) > 1:
         note = f"also exported as {', '.join(exported_ids[1:])}"
-    first = exported_ids[0] if exported_ids else None
-    return TrainedSAE(
-        name=sae.name,
-        preset=preset.name,
-        target_l0=sae.target_l0,
-        l0_coefficient=sae.l0_coefficient,
-        l0=l0,
-        saelens_path=str(root / "saes" / pass_id / sae.name),
-        export_id=first,
-        release=first and local_release_name(target_root),
-        note=note,
-    )
+    return _trained_sae(root, pass_id, sae, l0, exported_ids[0] if exported_ids else None, note)
 
 
 def register_releases(root: Path) -> list[str]:

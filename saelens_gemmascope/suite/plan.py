@@ -16,6 +16,7 @@ from saelens_gemmascope.suite.catalog import stream_key, stream_width
 from saelens_gemmascope.suite.checks import check_input_width
 from saelens_gemmascope.suite.configs import (
     PresetSAE,
+    check_scope2_penalty,
     effective_d_sae,
     multi_config_for,
     runner_settings_of,
@@ -217,10 +218,13 @@ def plan_suite(
             f"{len(blocked)} preset(s) cannot be trained ({', '.join(p.name for p in blocked[:3])}"
             f"{', ...' if len(blocked) > 3 else ''}): {'; '.join(reasons)}"
         )
-    if "target_l0" in spec.sae and any(p.fixed_lambda for p in presets):
+    scope2 = [p for p in presets if p.fixed_lambda]
+    if "target_l0" in spec.sae and scope2:
         raise ValueError(
             "target_l0: a Gemma Scope 2 preset trains its ladder's targets, one SAE each; it cannot be set"
         )
+    for preset in scope2:  # before the ladder checks: a linear penalty is the mistake to name
+        check_scope2_penalty(preset, sae_settings_of(preset, spec))
     empty = [p.name for p in presets if not p.l0_targets]
     if empty and (l0_coefficients is None or any(p.fixed_lambda for p in presets if p.name in empty)):
         raise ValueError(f"presets without L0 targets: {empty}; give a λ ladder (--l0-coefficients)")

@@ -85,7 +85,9 @@ class TrainingPreset:
 
     @property
     def fixed_lambda(self) -> bool:
-        """Whether the preset trains its targets with one fixed λ (Gemma Scope 2), uncalibrated."""
+        """Whether the preset follows Gemma Scope 2's recipe: one fixed λ with the quadratic penalty
+        around each target (never calibrated), exported in Gemma Scope 2's layout. The one test of
+        "is this a Gemma Scope 2 preset" for planning, calibration, configs and export."""
         return self.recipe == GEMMASCOPE2_RECIPE
 
     def labels_of(self, target_l0: float) -> tuple[Scope2Label, ...]:

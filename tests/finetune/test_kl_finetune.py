@@ -37,7 +37,11 @@ from saelens_gemmascope.runners.kl_finetune import (
 #: The main run: 40 steps of 8 rows x 64 tokens at a learning rate suited to so short a run.
 STEPS, LR, BATCH, BETA = 40, 1e-3, 8, 1.0
 #: Stated bounds. Measured (float32): KL 0.198 -> 0.142 (1.39x), FVU 0.096 -> 0.071, L0 28.3 -> 33.7
-#: on the 32 held-out rows (the SAE is briefly trained, so its reconstruction improves too).
+#: on the 32 held-out rows. This does NOT isolate the KL term: a beta = 0 (MSE only) run of the same
+#: steps and rows lowers held-out KL further (0.198 -> 0.125), and so it does for SAEs trained 4x and
+#: 12x longer and at lr 1e-4..1e-3, beta 4..100 (the finetune has no sparsity term, so MSE alone lowers
+#: θ, raises L0 and cuts both errors; on this random tiny model KL follows MSE). That the KL gradient
+#: lowers KL is shown on the rows it trained on (test_the_kl_term_is_what_lowers_kl).
 KL_FALL_FACTOR = 1.2
 FVU_BOUND = 1.10  # after <= 1.10 x before
 
@@ -70,6 +74,7 @@ def main_run(model: Any, rows: Rows, trained_sae: JumpReLUSAE) -> MainRun:
 
 
 def test_kl_falls_and_fvu_stays_within_the_bound(main_run: MainRun) -> None:
+    """Held-out KL falls and FVU stays bounded (not, by itself, evidence for the KL term: see above)."""
     before, after = main_run.before, main_run.after
     assert main_run.result.steps_done == STEPS and len(main_run.result.history) == STEPS
     assert after.kl * KL_FALL_FACTOR <= before.kl, (before, after)
@@ -344,3 +349,48 @@ def test_an_iterable_of_token_tensors_is_read_once(model: Any, rows: Rows, train
     first_only = kl_finetune(trained_sae, model, chunks[0], steps=1, lr=LR, batch_size=4, progress=False)
     assert result.alpha == first_only.alpha  # alpha from the first batch, which is trained on too
     assert result.history[0] == first_only.history[0]
+
+
+def test_held_out_rows_follow_the_training_rows_when_some_rows_are_short(tmp_path: Path) -> None:
+    """Rows shorter than --context-size are skipped; the held-out rows are the qualifying rows after
+    the training ones, never among them (the raw row count would put training rows in them)."""
+    import argparse
+
+    import datasets
+
+    from saelens_gemmascope.cli.finetune import _data
+
+    context = 8
+    # Row i starts with token 100 + i, so every row is told apart; every third row is too short.
+    rows = [[100 + i, *range(1, context if i % 3 else 4)] for i in range(30)]
+    datasets.Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp_path / "data"))
+    args = argparse.Namespace(
+        data=str(tmp_path / "data"), steps=3, batch_size=2, context_size=context, eval_sequences=4
+    )
+    train, held = _data(args, tokenizer=None)
+    qualifying = [row[:context] for row in rows if len(row) >= context]
+    assert train.tolist() == qualifying[:6]
+    assert held.tolist() == qualifying[6:10]
+    assert not {row[0] for row in train.tolist()} & {row[0] for row in held.tolist()}
+
+
+def test_a_local_release_with_slashes_serves_as_release_slash_id(
+    trained_sae: JumpReLUSAE, tmp_path: Path
+) -> None:
+    from saelens_gemmascope.cli.finetune import load_sae_arg
+    from saelens_gemmascope.directory.layout import export_gemmascope_sae
+    from saelens_gemmascope.directory.local import register_local_release
+
+    exported = export_gemmascope_sae(trained_sae, tmp_path / "export", average_l0=28.0)
+    name = register_local_release(tmp_path / "export", release_name="local/kl-finetune-test/tiny")
+    loaded = load_sae_arg(f"{name}/{exported.sae_id}", None, "cpu")
+    for tensor in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+        torch.testing.assert_close(getattr(loaded, tensor), getattr(trained_sae, tensor), msg=tensor)
+
+
+def test_a_mistyped_relative_path_is_reported_as_a_missing_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["finetune-kl", "runs/no-such-run/sae", "--model", "tiny-gemma-3", "--out", str(tmp_path / "o")]
+    assert cli.main(argv) == 2
+    assert "runs/no-such-run/sae: no such folder" in capsys.readouterr().err

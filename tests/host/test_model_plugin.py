@@ -41,12 +41,12 @@ from saelens_gemmascope.directory.layout import export_gemmascope_sae
 from saelens_gemmascope.directory.local import LocalReleaseClashError, register_local_release
 from saelens_gemmascope.directory.manifest import parse_manifest
 from saelens_gemmascope.evaluation.runner import evaluate_saes
-from saelens_gemmascope.evaluation.splice import plan_splice, spliced_logits
 from saelens_gemmascope.host import PluginHost, Registrations, apply_to_sae_lens, register_runtime_release
 from saelens_gemmascope.models import hook_point
 from saelens_gemmascope.models.attach import attach_sae
 from saelens_gemmascope.models.gemma2 import Gemma2Dims, gemma2_sites
 from saelens_gemmascope.models.loading import load_language_model
+from saelens_gemmascope.models.splice_plan import plan_splice, spliced_logits
 from saelens_gemmascope.runners.run_spec import RunSpec
 from saelens_gemmascope.suite.configs import training_config
 from saelens_gemmascope.suite.plan import plan_suite

@@ -9,6 +9,7 @@ Stated tolerance (the issue's acceptance): each trained SAE's L0 (SAELens's mean
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -96,7 +97,8 @@ def test_every_rung_of_every_preset_gives_an_sae_config_sae_lens_accepts() -> No
     configs = _rung_configs(presets)
     assert len(configs) == sum(len(p.l0_targets) for p in presets) == 8391
     for sae, cfg in configs:
-        assert (cfg.l0_penalty, cfg.target_l0, cfg.l0_coefficient) == ("quadratic", sae.target_l0, 1.0)
+        assert (cfg.l0_penalty, cfg.target_l0) == ("quadratic", sae.target_l0)
+        assert cfg.l0_coefficient == sae.l0_coefficient == SCOPE2_L0_COEFFICIENT
         assert cfg.l0_warm_up_steps == 50_000 and cfg.frequency_penalty > 0
         assert (cfg.d_in, cfg.d_sae, cfg.architecture()) == (
             sae.preset.d_in,
@@ -105,7 +107,7 @@ def test_every_rung_of_every_preset_gives_an_sae_config_sae_lens_accepts() -> No
         )
     sampled = {(p.model_name, p.name.split("/")[1], p.width): p for p in presets}
     for preset in sampled.values():
-        runner = single_config_for(PresetSAE(preset, 1.0, preset.l0_targets[0]), RunSpec())
+        runner = single_config_for(PresetSAE(preset, SCOPE2_L0_COEFFICIENT, preset.l0_targets[0]), RunSpec())
         assert isinstance(runner, LanguageModelSAERunnerConfig)
         assert runner.training_tokens == preset.training_tokens and runner.sae.l0_penalty == "quadratic"
 
@@ -287,3 +289,232 @@ def test_a_gemma_scope_2_preset_warm_starts_each_rung_from_its_own_earlier_rung(
         assert Path(saved["metadata"]["gemmascope_init_from"]) == earlier / rung
         assert sae.target_l0 is not None
         assert 1 / L0_TOLERANCE <= sae.l0 / sae.target_l0 <= L0_TOLERANCE, (sae.name, sae.l0)
+
+
+# -- facts of the real presets, from Gemma 3's published dimensions -----------------------------------
+
+#: Gemma 3 1B (``/work/shared/gemma-scope-2.md``): d_model 1152, 26 layers, 4 query heads of 256.
+GEMMA3_1B_D_MODEL, GEMMA3_1B_HEADS, GEMMA3_1B_D_HEAD = 1152, 4, 256
+
+
+def test_gemma_3_1b_presets_read_the_hooks_and_widths_of_gemma_3_1b() -> None:
+    presets = scope2_presets()
+    att = presets["gemma-3-1b-pt/att/layer_13/width_16k"]
+    assert (att.hook_name, att.d_in, att.d_sae) == ("blocks.13.attn.hook_z", 4 * 256, 16_384)
+    assert att.d_in == GEMMA3_1B_HEADS * GEMMA3_1B_D_HEAD  # the heads' concatenated outputs
+    res = presets["gemma-3-1b-pt/res/layer_13/width_16k"]
+    assert (res.hook_name, res.d_in) == ("blocks.13.hook_resid_post", GEMMA3_1B_D_MODEL)
+    transcoder = presets["gemma-3-1b-pt/transcoder/layer_13/width_16k"]
+    assert transcoder.output_hook_name == "blocks.13.hook_mlp_out" and transcoder.d_in == 1152
+    assert presets["gemma-3-1b-it/res/layer_13/width_16k"].model_name == "gemma-3-1b-it"
+
+
+# -- export_pass with small stand-in SAEs (no training) -----------------------------------------------
+
+
+def stand_in_sae(preset: TrainingPreset, d_sae: int, l0: float, seed: int = 0) -> Any:
+    """A random JumpReLU SAE on ``preset``'s hook with ``d_sae`` latents and measured L0 ``l0``, as
+    a pass hands it to the export (thresholds positive, every weight finite)."""
+    from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+    from sae_lens.saes.sae import SAEMetadata
+
+    meta = SAEMetadata(hook_name=preset.hook_name, model_name=preset.model_name)
+    meta.l0 = l0
+    sae = JumpReLUSAE(JumpReLUSAEConfig(d_in=preset.d_in, d_sae=d_sae, metadata=meta))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sae.named_parameters():
+            values = torch.randn(param.shape, generator=generator) / preset.d_in**0.5
+            param.copy_(values.abs() if name == "threshold" else values)
+    return sae.eval()
+
+
+def _export(root: Path, preset: TrainingPreset, d_sae: int, targets: Sequence[float]) -> list[Any]:
+    from saelens_gemmascope.suite.export import export_pass
+
+    saes = [PresetSAE(preset, preset.l0_coefficient or 1.0, t) for t in targets]
+    trained = {
+        s.name: stand_in_sae(preset, d_sae, float(s.target_l0 or 0) + 0.5, seed=i) for i, s in enumerate(saes)
+    }
+    return export_pass(root, "group0_pass0", saes, trained, progress=lambda _: None)
+
+
+def _entries(folder: Path) -> dict[str, dict[str, Any]]:
+    return {e["id"]: e for e in json.loads((folder / "release.json").read_text())["saes"]}
+
+
+def test_an_export_is_named_by_the_width_the_sae_was_trained_at(tmp_path: Path) -> None:
+    """``--set d_sae=...`` on a preset: the folder names the trained SAE's width, not the preset's."""
+    (tiny,) = match_presets([f"{TINY}/res/layer_1/width_256"])
+    narrow = _export(tmp_path / "narrow", tiny, 64, [12.0])
+    assert [s.export_id for s in narrow] == ["resid_post/layer_1_width_64_l0_small"]
+    assert [s.export_id for s in _export(tmp_path / "same", tiny, 256, [12.0])] == [
+        "resid_post/layer_1_width_256_l0_small"
+    ]
+    release = tmp_path / "narrow" / "release" / TINY
+    assert _entries(release)[narrow[0].export_id]["d_sae"] == 64
+    # A 16k preset trained at 32 latents: width_32, both of its folders, the IT model's config.
+    (it,) = match_presets(["gemma-3-1b-it/res/layer_13/width_16k"])
+    exported = _export(tmp_path / "it", it, 32, [20.0])
+    assert exported[0].export_id == "resid_post/layer_13_width_32_l0_small"
+    it_release = tmp_path / "it" / "release" / "gemma-3-1b-it"
+    assert set(_entries(it_release)) == {
+        "resid_post/layer_13_width_32_l0_small",
+        "resid_post_all/layer_13_width_32_l0_small",
+    }
+    config = json.loads((it_release / "resid_post/layer_13_width_32_l0_small/config.json").read_text())
+    assert config["model_name"] == "google/gemma-3-1b-it"
+
+
+def test_a_270m_pt_export_names_the_270m_base_model(tmp_path: Path) -> None:
+    (preset,) = match_presets(["gemma-3-270m/res/layer_5/width_16k"])
+    assert preset.d_in == 640  # Gemma 3 270M's d_model
+    (exported,) = _export(tmp_path, preset, 16, [preset.l0_targets[0]])
+    folder = tmp_path / "release" / "gemma-3-270m" / str(exported.export_id)
+    assert json.loads((folder / "config.json").read_text())["model_name"] == "google/gemma-3-270m"
+
+
+def _sweep_and_all(preset: TrainingPreset) -> TrainingPreset:
+    """``preset`` with target 12 released twice, as 1b layer 13's small: sweep and every-layer."""
+    from saelens_gemmascope.suite.preset import Scope2Label
+
+    labels = (Scope2Label(12.0, "small"), Scope2Label(12.0, "small", True), Scope2Label(24.0, "medium"))
+    return dataclasses.replace(preset, l0_targets=(12.0, 24.0), scope2_labels=labels)
+
+
+def test_a_target_released_twice_is_exported_to_both_folders_and_reexported_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saelens_gemmascope.directory.local import register_local_release
+    from saelens_gemmascope.suite import export as export_module
+
+    (tiny,) = match_presets([f"{TINY}/res/layer_1/width_256"])
+    preset = _sweep_and_all(tiny)
+    release = tmp_path / "release" / TINY
+    first = _export(tmp_path, preset, 256, [12.0, 24.0])
+    small = first[0]
+    both = ["resid_post/layer_1_width_256_l0_small", "resid_post_all/layer_1_width_256_l0_small"]
+    assert small.export_id == both[0] and small.note == f"also exported as {both[1]}"
+    entries = _entries(release)
+    assert set(entries) == {*both, "resid_post/layer_1_width_256_l0_medium"}
+    name = register_local_release(release, "local/test-scope2-both", persist=False)
+    trained = stand_in_sae(preset, 256, 12.5, seed=0)
+    x = torch.randn(8, preset.d_in, generator=torch.Generator().manual_seed(1))
+    for sae_id in both:
+        assert entries[sae_id]["sae_name"] == small.name
+        loaded = SAE.from_pretrained(name, sae_id)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), trained(x), rtol=1e-5, atol=1e-5)
+
+    # The same run again: the same entries, both folders in place.
+    _export(tmp_path, preset, 256, [12.0, 24.0])
+    assert _entries(release) == entries
+    # A run that stops after writing the first folder of the target: nothing listed goes missing.
+    real_export = export_module.export_gemmascope2_sae
+    calls: list[str] = []
+
+    def stop_on_second(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["l0_label"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_export(*args, **kwargs)
+
+    monkeypatch.setattr(export_module, "export_gemmascope2_sae", stop_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        _export(tmp_path, preset, 256, [12.0])
+    assert _entries(release) == entries
+    for sae_id in entries:
+        assert {p.name for p in (release / sae_id).iterdir()} == {"params.safetensors", "config.json"}
+
+
+# -- settings a Gemma Scope 2 preset refuses -----------------------------------------------------------
+
+
+def test_a_linear_l0_penalty_on_a_gemma_scope_2_preset_is_refused() -> None:
+    presets = match_presets([f"{TINY}/res/layer_1/width_256"])
+    message = "Gemma Scope 2 presets train the quadratic penalty around each target; for a linear λ"
+    with pytest.raises(ValueError, match=message):
+        plan_suite(presets, RunSpec.from_overrides({"l0_penalty": "linear"}))
+    with pytest.raises(ValueError, match=message):
+        plan_suite(
+            [dataclasses.replace(presets[0], overrides={**presets[0].overrides, "l0_penalty": "linear"})]
+        )
+    with pytest.raises(ValueError, match=message):
+        sae_config_for(PresetSAE(presets[0], 1.0, 12.0), RunSpec.from_overrides({"sae.l0_penalty": "linear"}))
+    quadratic = plan_suite(presets, RunSpec.from_overrides({"l0_penalty": "quadratic"}))
+    assert len([r for p in quadratic.passes for r in p.rungs]) == len(TINY_L0_TARGETS)
+
+
+# -- the CLI: presets show their recipe; train says what does not apply -----------------------------
+
+
+def test_gemmascope_presets_shows_the_recipe_and_the_labels(capsys: pytest.CaptureFixture[str]) -> None:
+    from saelens_gemmascope.cli import main
+
+    assert (
+        main(
+            ["presets", "--json", "gemma-3-1b-pt/res/layer_13/width_16k", "gemma-2-2b/res/layer_12/width_16k"]
+        )
+        == 0
+    )
+    rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    scope2 = rows["gemma-3-1b-pt/res/layer_13/width_16k"]
+    assert (scope2["recipe"], scope2["l0_coefficient"]) == ("gemmascope2", SCOPE2_L0_COEFFICIENT)
+    assert {"target_l0": 120.0, "l0_label": "big", "all_layers": True} in scope2["labels"]
+    assert len(scope2["labels"]) == 5
+    scope1 = rows["gemma-2-2b/res/layer_12/width_16k"]
+    assert (scope1["recipe"], scope1["l0_coefficient"], scope1["labels"]) == ("gemmascope", None, [])
+    assert main(["presets", "gemma-3-1b-pt/res/layer_13/width_16k", "gemma-2-2b/res/layer_12/width_16k"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "λ 0.03 fixed" in next(line for line in lines if line.startswith("gemma-3-1b-pt/res"))
+    assert "calibrated" in next(line for line in lines if line.startswith("gemma-2-2b/res"))
+
+
+def test_train_says_calibration_options_are_unused_on_gemma_scope_2_presets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from saelens_gemmascope.cli import main
+
+    train_help = " ".join(_train_help().split())
+    assert "Gemma Scope 2 presets" in train_help and "are not calibrated" in train_help
+    preset = f"{TINY}/res/layer_1/width_256"
+    out = str(tmp_path / "out")
+    assert main(["train", preset, "--dry-run", "--output", out, "--refine-rounds", "2"]) == 0
+    said = capsys.readouterr().out
+    assert said.count("--refine-rounds unused") == 1 and "--calibration-grid" not in said
+    assert main(["train", preset, "--dry-run", "--output", out, "--calibration-grid", "1e-3,1e-2"]) == 0
+    assert "--calibration-grid unused" in capsys.readouterr().out
+    # Not said when some preset of the run is calibrated, nor without the options.
+    assert main(["train", preset, "tiny-gemma-2/res/layer_1/width_256", "--dry-run", "--output", out,
+                 "--refine-rounds", "2"]) == 0  # fmt: skip
+    assert "unused" not in capsys.readouterr().out
+    assert main(["train", preset, "--dry-run", "--output", out]) == 0
+    assert "unused" not in capsys.readouterr().out
+
+
+def _train_help() -> str:
+    from saelens_gemmascope.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices["train"].format_help()
+
+
+def test_init_from_refuses_a_missing_relative_path_before_the_output_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from saelens_gemmascope.cli import main
+    from saelens_gemmascope.cli.train import check_init_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match=r"runs/ is a folder here"):
+        check_init_source("runs/pt/saes/group0_pass0/x")
+    with pytest.raises(ValueError, match=r"no release 'rnus' is known"):
+        check_init_source("rnus/pt/saes/group0_pass0/x")
+    check_init_source("gemma-scope-2-1b-pt-res/layer_12_width_16k_l0_medium")  # a release: the pass loads it
+    check_init_source(str(tmp_path / "runs"))
+    out = tmp_path / "out"
+    argv = ["train", f"{TINY}/res/layer_1/width_256", "--output", str(out), "--init-from", "runs/pt/x"]
+    assert main(argv) != 0
+    assert not out.exists()

@@ -334,5 +334,28 @@ def test_frequency_penalty_takes_the_dense_path() -> None:
     expected = forward_backward(dense, x, l0=0.5)
     assert float(expected.losses["frequency_loss"].detach()) > 0
     torch.testing.assert_close(output.loss, expected.loss, rtol=0, atol=0)
+    # κ acts on gradients only: "auto"'s fallback must give the dense step's gradients too.
+    assert_same_gradients(auto, dense)
     with pytest.raises(ValueError, match="frequency_penalty"):
         forward_backward(with_fast_path(sae, "sparse"), x, l0=0.5)
+
+
+def test_frequency_penalty_input_gradient_reaches_the_encoder_on_both_dense_paths() -> None:
+    """The comparison above can see κ: without it the encoder's gradients differ (same loss)."""
+    sae, x = fast_path_case(frequency_penalty=1.0, frequency_cap=0.01)
+    for fast_path in ("auto", "dense"):
+        with_kappa, without = with_fast_path(sae, fast_path), with_fast_path(sae, fast_path)
+        without.cfg.frequency_input_gradient = 0.0
+        loss = forward_backward(with_kappa, x, l0=0.5).loss
+        torch.testing.assert_close(forward_backward(without, x, l0=0.5).loss, loss, rtol=0, atol=0)
+        assert with_kappa.W_enc.grad is not None and without.W_enc.grad is not None
+        assert not torch.allclose(with_kappa.W_enc.grad, without.W_enc.grad), fast_path
+
+
+def assert_same_gradients(got: GemmaScopeTrainingSAE, expected: GemmaScopeTrainingSAE) -> None:
+    for (name, param), (_, reference) in zip(
+        got.named_parameters(), expected.named_parameters(), strict=True
+    ):
+        assert param.grad is not None and reference.grad is not None, name
+        torch.testing.assert_close(param.grad, reference.grad, rtol=1e-12, atol=1e-15, msg=name)
+    assert expected.threshold.grad is not None and bool(expected.threshold.grad.abs().sum() > 0)

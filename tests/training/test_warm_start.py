@@ -9,6 +9,7 @@ sources are refused with messages that say what is wrong.
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sysconfig
 from pathlib import Path
@@ -40,6 +41,7 @@ from saelens_gemmascope.recipe.warm_start import (
     WarmStartError,
     init_source_for,
     is_rung_folder,
+    plan_warm_start,
     prepare_warm_start,
     unfold_into,
 )
@@ -94,8 +96,25 @@ def test_warm_start_reproduces_the_source_function_exactly(parametrisation: str,
         acts = sae.encode(x / new_scale) * new_scale
         out = sae.decode(sae.encode(x / new_scale)) * new_scale
         assert 0.05 < float((source_acts > 0).float().mean()) < 0.95  # the thresholds matter here
-        torch.testing.assert_close(acts, source_acts, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(out, source(x), rtol=1e-5, atol=1e-5)
+        # float64 throughout: 1e-10 would catch θ (or any tensor) scaled in float32 on the way.
+        torch.testing.assert_close(acts, source_acts, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(out, source(x), rtol=1e-10, atol=1e-10)
+
+
+def test_the_unfold_moves_the_source_onto_the_sae_device(tmp_path: Path) -> None:
+    """The source loads on the CPU; an SAE elsewhere (a GPU in a real run; the meta device here, which
+    any machine has) gets every parameter on its own device, in its own dtype (θ: float32 or wider)."""
+    _folded_source(tmp_path / "pt", d_in=8, d_sae=16)
+    for parametrisation in ("direct", "log"):
+        cfg = gemmascope_sae_config(
+            8, 16, device="meta", dtype="bfloat16", threshold_parametrisation=parametrisation
+        )
+        sae = GemmaScopeTrainingSAE(cfg)
+        unfold_into(sae, prepare_warm_start(str(tmp_path / "pt"), sae.cfg, None), 0.42)
+        for name, param in sae.named_parameters():
+            assert param.device.type == "meta", name
+            expected = torch.float32 if name in ("threshold", "log_threshold") else torch.bfloat16
+            assert param.dtype == expected, name
 
 
 def test_fold_after_unfold_gives_the_source_weights_back(tmp_path: Path) -> None:
@@ -198,6 +217,76 @@ def test_init_from_is_a_run_option_not_a_config_setting(tmp_path: Path) -> None:
     check_init_source("gemma-scope-2-1b-pt-res/layer_12_width_16k_l0_medium")  # resolved by the pass
     with pytest.raises(ValueError, match="no such folder"):
         check_init_source(str(tmp_path / "missing"))
+
+
+# -- resuming: the checkpoint's source ----------------------------------------------------------------
+
+
+def _checkpoint_recording(folder: Path, source: str | None) -> Path:
+    """A checkpoint's SAE folder whose cfg.json records ``source`` (as a warm-started run's does)."""
+    sae = _training_sae()
+    if source is not None:
+        sae.cfg.metadata[INIT_FROM_METADATA] = source
+    sae.save_model(str(folder))
+    return folder
+
+
+def test_a_resume_keeps_the_source_its_checkpoint_records(tmp_path: Path) -> None:
+    _folded_source(tmp_path / "pt")
+    checkpoint = _checkpoint_recording(tmp_path / "ckpt", str(tmp_path / "pt"))
+    cfg = _training_sae().cfg
+    # Not given again: carried over from the checkpoint (SAELens restores weights, not metadata).
+    start = plan_warm_start(None, cfg, None, resume_from=checkpoint)
+    assert start is not None and start.source == str(tmp_path / "pt") and start.weights is None
+    sae = _training_sae()
+    start.apply(sae, None, resumed=True)
+    assert sae.cfg.metadata[INIT_FROM_METADATA] == str(tmp_path / "pt")
+    # Given again, spelled another way: the same folder, the checkpoint's spelling kept.
+    respelled = str(tmp_path / "pt" / ".." / "pt")
+    start = plan_warm_start(respelled, cfg, None, resume_from=checkpoint)
+    assert start is not None and start.source == str(tmp_path / "pt")
+    # A cold checkpoint resumed without a source stays cold.
+    assert (
+        plan_warm_start(None, cfg, None, resume_from=_checkpoint_recording(tmp_path / "cold", None)) is None
+    )
+
+
+def test_a_resume_from_another_source_is_refused(tmp_path: Path) -> None:
+    _folded_source(tmp_path / "pt")
+    _folded_source(tmp_path / "other")
+    checkpoint = _checkpoint_recording(tmp_path / "ckpt", str(tmp_path / "pt"))
+    cfg = _training_sae().cfg
+    with pytest.raises(WarmStartError, match=r"which was warm-started from .*pt; resume without --init-from"):
+        plan_warm_start(str(tmp_path / "other"), cfg, None, resume_from=checkpoint)
+    with pytest.raises(WarmStartError, match=r"which was warm-started from"):
+        plan_warm_start("some-release/layer_0", cfg, None, resume_from=checkpoint)
+    cold = _checkpoint_recording(tmp_path / "cold", None)
+    with pytest.raises(WarmStartError, match=r"which started cold.*resume without --init-from"):
+        plan_warm_start(str(tmp_path / "pt"), cfg, None, resume_from=cold)
+    assert json.loads((cold / "cfg.json").read_text())["metadata"].get(INIT_FROM_METADATA) is None
+
+
+def test_a_warm_start_applied_wrongly_says_which_part_is_missing(tmp_path: Path) -> None:
+    _folded_source(tmp_path / "pt")
+    sae = _training_sae()
+    planned = plan_warm_start(str(tmp_path / "pt"), sae.cfg, None, resume_from=None)
+    assert planned is not None
+    with pytest.raises(WarmStartError, match="input scale C is not known yet"):
+        planned.apply(sae, None, resumed=False)
+    with pytest.raises(WarmStartError, match="the SAE is a JumpReLUTranscoder"):
+        planned.apply(
+            JumpReLUTranscoder(
+                JumpReLUTranscoderConfig(d_in=16, d_sae=32, d_out=16, apply_b_dec_to_input=False)
+            ),
+            1.0,
+            resumed=False,
+        )
+    resumed_only = plan_warm_start(
+        None, sae.cfg, None, resume_from=_checkpoint_recording(tmp_path / "c", str(tmp_path / "pt"))
+    )
+    assert resumed_only is not None
+    with pytest.raises(WarmStartError, match="the source was not loaded"):
+        resumed_only.apply(sae, 1.0, resumed=False)
 
 
 # -- training on the tiny Gemma 3: PT on one text, IT warm-started on another ----------------------
@@ -339,10 +428,10 @@ def test_a_resumed_run_continues_from_its_checkpoint_not_from_the_source(
     first, _ = _train(tiny3, it_data, 20, init_from=str(pt_folder), **settings)
     (checkpoint,) = [p for p in (tmp_path / "ckpt").glob("*/*") if p.name.isdigit()]
     saved = {k: v for f in checkpoint.glob("*.safetensors") for k, v in load_file(f).items()}
+    # Resumed without --init-from: the checkpoint's source is carried over.
     resumed, _ = _train(
-        tiny3, it_data, 20, init_from=str(pt_folder), resume_from_checkpoint=str(checkpoint),
-        output_path=str(tmp_path / "out"),
-    )  # fmt: skip
+        tiny3, it_data, 20, resume_from_checkpoint=str(checkpoint), output_path=str(tmp_path / "out")
+    )
     assert resumed.first_weights is not None and first.first_weights is not None
     for name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
         torch.testing.assert_close(resumed.first_weights[name], saved[name], rtol=0, atol=0, msg=name)
@@ -350,6 +439,9 @@ def test_a_resumed_run_continues_from_its_checkpoint_not_from_the_source(
     assert not torch.equal(resumed.first_weights["b_enc"], first.first_weights["b_enc"])
     # Still recorded: the saved SAE started from the source.
     assert SAE.load_from_disk(str(tmp_path / "out")).cfg.metadata[INIT_FROM_METADATA] == str(pt_folder)
+    # Another source is refused before the model runs.
+    with pytest.raises(WarmStartError, match="which was warm-started from"):
+        _train(tiny3, it_data, 20, init_from=str(tmp_path / "out"), resume_from_checkpoint=str(checkpoint))
 
 
 def test_a_ladder_warm_starts_each_rung_from_its_folder(

@@ -1,4 +1,5 @@
-"""Where an SAE reads and writes in a HookedSAETransformer, and the spliced forward pass from there.
+"""Where an SAE reads and writes in a HookedSAETransformer, and the spliced forward pass from there
+(shared by the evaluation and the end-to-end KL finetuning).
 
 The spliced pass does not re-run the model from the embedding. The clean pass caches the residual
 stream entering the SAE's block (``blocks.{L}.hook_resid_pre``); the spliced pass starts there with
@@ -15,6 +16,9 @@ Only the embedding site, which lies before every block, re-runs the full model.
 
 The sites are those of the model's registered spec (:func:`~saelens_gemmascope.models.attach.model_spec_of`),
 so a plugin's model is evaluated at its own sites; the names above are Gemma 2's.
+
+:func:`spliced_logits` keeps the autograd graph (the KL finetuning trains through it); callers that
+only measure run it under ``torch.no_grad()``.
 """
 
 from __future__ import annotations
@@ -136,7 +140,6 @@ def flat_site_tensor(plan: SplicePlan, act: torch.Tensor) -> torch.Tensor:
     return act.flatten(-2) if plan.split_heads else act
 
 
-@torch.no_grad()
 def spliced_logits(
     model: Any,
     plan: SplicePlan,
