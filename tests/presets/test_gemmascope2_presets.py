@@ -23,6 +23,7 @@ import pytest
 import torch
 from sae_lens import SAE
 from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from safetensors.torch import load_file
 
 from saelens_gemmascope.demo.presets import TINY_L0_TARGETS, TINY_SCOPE2_L0_COEFFICIENT
@@ -32,7 +33,13 @@ from saelens_gemmascope.host import load_plugins
 from saelens_gemmascope.recipe.transcoder import SKIP_TRANSCODER_ARCHITECTURE, TRANSCODER_ARCHITECTURE
 from saelens_gemmascope.runners.run_spec import RunSpec
 from saelens_gemmascope.suite.calibration import CalibrationError, calibrate
-from saelens_gemmascope.suite.configs import PresetSAE, match_presets, sae_config_for, single_config_for
+from saelens_gemmascope.suite.configs import (
+    PresetSAE,
+    match_presets,
+    multi_config_for,
+    sae_config_for,
+    single_config_for,
+)
 from saelens_gemmascope.suite.passes import latest_checkpoint, pass_training
 from saelens_gemmascope.suite.plan import Rung, plan_suite
 from saelens_gemmascope.suite.preset import TrainingPreset
@@ -92,7 +99,7 @@ def _rung_configs(presets: Sequence[TrainingPreset]) -> list[tuple[PresetSAE, An
 def test_every_rung_of_every_preset_gives_an_sae_config_sae_lens_accepts() -> None:
     """Each rung's SAE config is built (SAELens's ``TrainingSAEConfig`` validates on construction):
     Gemma Scope 2's recipe, the rung's target as L0*; the runner config (SAELens's validation of
-    buffer, batch and dtypes) of one rung per (model, site kind, width)."""
+    buffer, batch and dtypes) of every preset's ladder."""
     presets = list(scope2_presets().values())
     configs = _rung_configs(presets)
     assert len(configs) == sum(len(p.l0_targets) for p in presets) == 8391
@@ -105,9 +112,15 @@ def test_every_rung_of_every_preset_gives_an_sae_config_sae_lens_accepts() -> No
             sae.preset.d_sae,
             sae.preset.architecture,
         )
-    sampled = {(p.model_name, p.name.split("/")[1], p.width): p for p in presets}
-    for preset in sampled.values():
-        runner = single_config_for(PresetSAE(preset, SCOPE2_L0_COEFFICIENT, preset.l0_targets[0]), RunSpec())
+    # The runner configs `gemmascope train` builds: one multi-SAE config per preset's ladder (SAELens
+    # validates buffer, batch and dtypes), and the single-SAE config of its first rung.
+    for preset in presets:
+        ladder = [Rung(preset, t, preset.l0_coefficient).sae(0.0) for t in preset.l0_targets]
+        multi = multi_config_for(ladder, RunSpec())
+        assert isinstance(multi, MultiSAETrainingRunnerConfig)
+        assert multi.training_tokens == preset.training_tokens
+        assert [c.target_l0 for c in multi.saes.values()] == list(preset.l0_targets)
+        runner = single_config_for(ladder[0], RunSpec())
         assert isinstance(runner, LanguageModelSAERunnerConfig)
         assert runner.training_tokens == preset.training_tokens and runner.sae.l0_penalty == "quadratic"
 
