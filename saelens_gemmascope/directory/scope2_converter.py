@@ -22,7 +22,6 @@ The state dicts are equal: ``W_skip`` is ``affine_skip_connection`` transposed, 
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,6 +37,7 @@ from saelens_gemmascope.directory.safetensors_params import (
     read_params_safetensors,
     to_saelens_keys,
 )
+from saelens_gemmascope.directory.scope2_layout import read_config_json
 from saelens_gemmascope.directory.scope2_manifest import Scope2Manifest, Scope2Sae, load_scope2_manifest
 from saelens_gemmascope.directory.sources import SourceFile, find_local_params
 
@@ -187,12 +187,7 @@ def check_config_json(path: Path | None, sae: Scope2Sae) -> None:
     affine flag and Hugging Face hook points (a mismatch means a misplaced or wrong file)."""
     if path is None:
         return
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ParamsFileError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(raw, dict):
-        raise ParamsFileError(f"{path}: not a JSON object")
+    raw = read_config_json(path)
     expected: dict[str, Any] = {"architecture": "jump_relu", "hf_hook_point_in": sae.hf_hook_in}
     if sae.hf_hook_out is not None:
         expected["hf_hook_point_out"] = sae.hf_hook_out

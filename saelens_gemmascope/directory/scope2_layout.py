@@ -90,17 +90,23 @@ def expected_config_fields(entry: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in expected.items() if value is not None}
 
 
-def check_exported_config(path: Path, entry: dict[str, Any]) -> None:
-    """Refuse a ``config.json`` that is not valid JSON or disagrees with the export's entry (a file
-    from another SAE copied into the folder); a missing one is accepted, as on the hub."""
-    if not path.is_file():
-        return
+def read_config_json(path: Path) -> dict[str, Any]:
+    """A Gemma Scope 2 ``config.json`` as a dict; :class:`ParamsFileError` unless a JSON object."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ParamsFileError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(raw, dict):
         raise ParamsFileError(f"{path}: not a JSON object")
+    return raw
+
+
+def check_exported_config(path: Path, entry: dict[str, Any]) -> None:
+    """Refuse a ``config.json`` that is not valid JSON or disagrees with the export's entry (a file
+    from another SAE copied into the folder); a missing one is accepted, as on the hub."""
+    if not path.is_file():
+        return
+    raw = read_config_json(path)
     for key, value in expected_config_fields(entry).items():
         if raw.get(key) != value:
             raise ParamsFileError(

@@ -343,14 +343,22 @@ class GemmaScopeTrainingSAE(TrainingSAE[GemmaScopeTrainingSAEConfig]):
             )
         }
 
+    #: What a trainer other than the recipe's would leave out (named by the warning below).
+    RECIPE_TRAINER_DOES = "unit-norm decoder, cosine warm-up, no clipping, input scale C"
+    RECIPE_RUNNERS = "GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner"
+
+    def warn_without_recipe_trainer(self, step_input: TrainStepInput) -> None:
+        """Warn once, at step 0, when no recipe trainer calls the step hooks (see training_forward_pass)."""
+        if self.recipe_trainer_attached or step_input.n_training_steps != 0:
+            return
+        warnings.warn(
+            f"{self.cfg.architecture()} is being trained by a trainer that does not apply the recipe "
+            f"({self.RECIPE_TRAINER_DOES}). Use saelens_gemmascope.runners.{self.RECIPE_RUNNERS}.",
+            stacklevel=3,
+        )
+
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if not self.recipe_trainer_attached and step_input.n_training_steps == 0:
-            warnings.warn(
-                f"{ARCHITECTURE_NAME} is being trained by a trainer that does not apply the recipe "
-                "(unit-norm decoder, cosine warm-up, no clipping, input scale C). Use "
-                "saelens_gemmascope.runners.GemmaScopeTrainingRunner or GemmaScopeMultiSAETrainingRunner.",
-                stacklevel=2,
-            )
+        self.warn_without_recipe_trainer(step_input)
         if self.cfg.fast_path == "dense" and self.cfg.matryoshka_widths is None:
             # SAELens's own step: the reference the differential tests hold the other paths to.
             self.last_step_path = "dense"

@@ -55,7 +55,6 @@ saved(x) = C_out · trained(x / C_in) exactly (up to rounding).
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -244,14 +243,12 @@ class GemmaScopeTrainingTranscoder(GemmaScopeTrainingSAE):
         bias = self.pre_encoder_bias()
         return sae_in - bias if bias is not None else sae_in
 
+    RECIPE_TRAINER_DOES = "input and output scales, unit-norm decoder, cosine warm-up"
+    RECIPE_RUNNERS = "GemmaScopeMultiSAETrainingRunner"
+
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
-        if not self.recipe_trainer_attached and step_input.n_training_steps == 0:
-            warnings.warn(
-                f"{self.cfg.architecture()} is being trained by a trainer that does not apply the recipe "
-                "(input and output scales, unit-norm decoder, cosine warm-up). Use "
-                "saelens_gemmascope.runners.GemmaScopeMultiSAETrainingRunner.",
-                stacklevel=2,
-            )
+        # Never SAELens's own step (it knows no target side or skip term), whatever fast_path says.
+        self.warn_without_recipe_trainer(step_input)
         return self._training_forward_pass_choosing_path(step_input)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
