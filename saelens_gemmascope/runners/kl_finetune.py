@@ -87,6 +87,7 @@ from saelens_gemmascope.progress import progress_task
 from saelens_gemmascope.recipe.finite_guard import NonFiniteTrainingError, nonfinite_tensors
 from saelens_gemmascope.recipe.input_scale import MeanSquaredNormMeter
 from saelens_gemmascope.recipe.sae import GemmaScopeTrainingSAE, GemmaScopeTrainingSAEConfig
+from saelens_gemmascope.recipe.warm_start import source_weights, unfold_into
 from saelens_gemmascope.runners.interrupts import InterruptWatch, StopAtStepBoundary
 
 logger = logging.getLogger(__name__)
@@ -226,17 +227,9 @@ def trainable_from(sae: SAE[Any], input_scale: float, bandwidth: float) -> Gemma
     trainable = GemmaScopeTrainingSAE(cfg)
     # Nobody else drives it: tell training_forward_pass not to warn if something calls it.
     trainable.recipe_trainer_attached = True
-    b_enc = sae.b_enc.clone()
-    if sae.cfg.apply_b_dec_to_input:  # fold the pre-encoder bias: (x - b)W + c = xW + (c - bW)
-        b_enc -= sae.b_dec @ sae.W_enc
-    trainable.W_enc.copy_(sae.W_enc)
-    trainable.W_dec.copy_(sae.W_dec)
-    trainable.b_enc.copy_(b_enc / input_scale)
-    trainable.b_dec.copy_(sae.b_dec / input_scale)
-    trainable.threshold.copy_(sae.threshold.to(trainable.threshold.dtype) / input_scale)
-    # The recipe's constraint renormalises decoder rows after every step; fold their norms into
-    # W_enc, b_enc and θ first (exact), so the first step does not change the function by itself.
-    trainable.fold_W_dec_norm()
+    # The warm start's unfold (recipe.warm_start): the pre-encoder bias and any non-unit decoder row
+    # folded into the encoder (the recipe renormalises rows every step), b_enc, b_dec and θ over C.
+    unfold_into(trainable, source_weights(sae, "the SAE to finetune"), input_scale)
     return trainable
 
 
