@@ -178,19 +178,21 @@ def init_source_for(init_from: str, sae_name: str) -> str:
 # -- reading a source's weights --------------------------------------------------------------------
 
 
-def source_weights(sae: SAE[Any], source: str) -> SourceWeights:
+def source_weights(sae: SAE[Any], source: str, described: str | None = None) -> SourceWeights:
     """``sae``'s raw-space weights, checked (architecture, no input normalisation, finite) and with
-    any pre-encoder bias and any non-unit decoder row folded into the encoder (the same function)."""
+    any pre-encoder bias and any non-unit decoder row folded into the encoder (the same function).
+    Messages name the SAE as ``described`` (default ``init_from <source>``)."""
+    who = described or f"init_from {source}"
     architecture = sae.cfg.architecture()
     if architecture != SOURCE_ARCHITECTURE:
         kind = "a transcoder" if "transcoder" in architecture else f"architecture {architecture!r}"
         raise WarmStartError(
-            f"init_from {source}: {kind}; a warm start reads a saved '{SOURCE_ARCHITECTURE}' SAE (a "
+            f"{who}: {kind}; a warm start reads a saved '{SOURCE_ARCHITECTURE}' SAE (a "
             "training run's output folder, not a checkpoint). Transcoders are not supported"
         )
     if sae.cfg.normalize_activations != "none":
         raise WarmStartError(
-            f"init_from {source}: normalize_activations={sae.cfg.normalize_activations!r}; a warm start "
+            f"{who}: normalize_activations={sae.cfg.normalize_activations!r}; a warm start "
             "reads an SAE on raw activations (normalize_activations='none', as Gemma Scope's are)"
         )
     tensors = {
@@ -198,19 +200,17 @@ def source_weights(sae: SAE[Any], source: str) -> SourceWeights:
     }
     bad = [name for name, tensor in tensors.items() if not bool(torch.isfinite(tensor).all())]
     if bad:
-        raise WarmStartError(
-            f"init_from {source}: non-finite values in {', '.join(bad)}; the source is corrupt"
-        )
+        raise WarmStartError(f"{who}: non-finite values in {', '.join(bad)}; the source is corrupt")
     W_enc, W_dec, b_dec = tensors["W_enc"], tensors["W_dec"], tensors["b_dec"]
     b_enc, threshold = tensors["b_enc"], tensors["threshold"]
     if sae.cfg.apply_b_dec_to_input:  # (x - b_dec) @ W_enc + b_enc, written without the bias
         b_enc = b_enc - b_dec @ W_enc
-    W_enc, W_dec, b_enc, threshold = _unit_decoder_rows(W_enc, W_dec, b_enc, threshold, source)
+    W_enc, W_dec, b_enc, threshold = _unit_decoder_rows(W_enc, W_dec, b_enc, threshold, who)
     return SourceWeights(source, W_enc, W_dec, b_enc, b_dec, threshold, sae.cfg.metadata.hook_name)
 
 
 def _unit_decoder_rows(
-    W_enc: torch.Tensor, W_dec: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor, source: str
+    W_enc: torch.Tensor, W_dec: torch.Tensor, b_enc: torch.Tensor, threshold: torch.Tensor, who: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decoder rows at unit norm, the function kept: JumpReLU is positively homogeneous, so a latent
     whose row had norm n gets n times its encoder column, b_enc and θ (the recipe trains unit rows,
@@ -219,9 +219,9 @@ def _unit_decoder_rows(
     if bool(((norms - 1.0).abs() <= UNIT_NORM_TOLERANCE).all()):
         return W_enc, W_dec, b_enc, threshold
     if bool((norms == 0).any()):
-        raise WarmStartError(f"init_from {source}: {int((norms == 0).sum())} decoder row(s) are zero")
+        raise WarmStartError(f"{who}: {int((norms == 0).sum())} decoder row(s) are zero")
     warnings.warn(
-        f"init_from {source}: decoder rows are not unit norm (norms {float(norms.min()):.4g} to "
+        f"{who}: decoder rows are not unit norm (norms {float(norms.min()):.4g} to "
         f"{float(norms.max()):.4g}); renormalised, with the encoder rescaled so the SAE computes the same",
         stacklevel=3,
     )

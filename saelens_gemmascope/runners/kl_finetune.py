@@ -229,7 +229,7 @@ def trainable_from(sae: SAE[Any], input_scale: float, bandwidth: float) -> Gemma
     trainable.recipe_trainer_attached = True
     # The warm start's unfold (recipe.warm_start): the pre-encoder bias and any non-unit decoder row
     # folded into the encoder (the recipe renormalises rows every step), b_enc, b_dec and θ over C.
-    unfold_into(trainable, source_weights(sae, "the SAE to finetune"), input_scale)
+    unfold_into(trainable, source_weights(sae, "the SAE to finetune", described="KL finetuning"), input_scale)
     return trainable
 
 
